@@ -1,0 +1,12 @@
+"""certscan: bulk TLS certificate scanner.
+
+The command line is `certscan scan ...` (see README). The library face:
+
+    async for record in scanner.scan(["example.org", "192.0.2.0/30"], timeout=5):
+        ...
+    pem = await scanner.get_server_certificate(("example.org", 443), ca_certs="ca.pem")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,226 @@
+"""One target, one TLS handshake: resolve, connect, handshake, capture the chain as sent.
+
+The only module that opens connections. A probe never raises to its caller (except
+cancellation): every failure comes back as a `ProbeError` inside the `ProbeOutcome`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import ErrorType, ProbeError, Stage, classify
+from .resolve import Resolver
+from .targets import Target
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What a finished handshake tells us; `chain` is DER, leaf first, exactly as sent."""
+
+    version: str | None
+    cipher: str | None
+    alpn: str | None
+    chain: tuple[bytes, ...]
+
+
+@dataclass(slots=True)
+class Timings:
+    """Milliseconds per stage; None for a stage that did not run (resolve for IP literals)."""
+
+    resolve: float | None = None
+    connect: float | None = None
+    handshake: float | None = None
+    total: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "resolve": self.resolve,
+            "connect": self.connect,
+            "handshake": self.handshake,
+            "total": self.total,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeOutcome:
+    """ip: the address connected to (None when resolution failed).
+    handshake: set when the handshake finished. error: set when anything failed."""
+
+    ip: str | None
+    handshake: Handshake | None
+    error: ProbeError | None
+    timings: Timings = field(default_factory=Timings)
+
+
+def unverified_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
+    """The certificates as the server sent them, leaf first, in DER.
+
+    Public as `SSLObject.get_unverified_chain()` from Python 3.13 (a list of DER bytes);
+    on 3.11/3.12 only the private `_sslobj` has it, returning `_ssl.Certificate` objects.
+    `getpeercert(True)` alone would give only the leaf.
+    """
+    public = getattr(ssl_object, "get_unverified_chain", None)
+    if public is not None:
+        return tuple(bytes(der) for der in public() or ())
+    certs = ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+    return tuple(cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in certs or ())  # type: ignore[attr-defined]
+
+
+class Clock:
+    """The target's deadline budget. Only time spent in a stage counts against it: waiting
+    for a handshake slot (our own CPU queue) does not, so a busy scanner never times out
+    a server that answered in time."""
+
+    def __init__(self, budget: float) -> None:
+        self._budget = budget
+        self._spent = 0.0
+
+    def remaining(self) -> float:
+        return max(self._budget - self._spent, 0.0)
+
+    def charge(self, seconds: float) -> None:
+        self._spent += seconds
+
+
+class Prober:
+    """Probes targets with shared, pre-built parts: one SSLContext, one resolver, one pool
+    of handshake slots. Safe to use from many tasks of one event loop."""
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        resolver: Resolver,
+        *,
+        timeout: float,
+        handshake_slots: int,
+        retries: int = 0,
+        before_connect: Callable[[], object] | None = None,
+    ) -> None:
+        self._context = context
+        self._resolver = resolver
+        self._timeout = timeout
+        self._slots = asyncio.Semaphore(handshake_slots)
+        self._retries = retries
+        self._before_connect = before_connect
+
+    async def probe(self, target: Target) -> ProbeOutcome:
+        """Probe until success, a failure that retrying cannot help, or retries run out."""
+        attempt = 0
+        while True:
+            outcome = await self._attempt(target)
+            error = outcome.error
+            if error is None or attempt >= self._retries or not _retryable(error):
+                return outcome
+            attempt += 1
+            await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
+
+    async def _attempt(self, target: Target) -> ProbeOutcome:
+        timings = Timings()
+        clock = Clock(self._timeout)
+        started = time.perf_counter()
+        stage = Stage.RESOLVE
+        ip: str | None = target.ip
+        sock: socket.socket | None = None
+        writer: asyncio.StreamWriter | None = None
+        try:
+            if ip is None:
+                t0 = time.perf_counter()
+                async with asyncio.timeout(clock.remaining()):
+                    ip = (await self._resolver.resolve(target.host))[0]
+                timings.resolve = _ms(t0, clock)
+
+            stage = Stage.CONNECT
+            if self._before_connect is not None:
+                await _maybe_await(self._before_connect())
+            t0 = time.perf_counter()
+            async with asyncio.timeout(clock.remaining()):
+                sock = await _connect(ip, target.port)
+            timings.connect = _ms(t0, clock)
+
+            stage = Stage.HANDSHAKE
+            async with self._slots:
+                t0 = time.perf_counter()
+                async with asyncio.timeout(clock.remaining()):
+                    # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
+                    _, writer = await asyncio.open_connection(
+                        sock=sock,
+                        ssl=self._context,
+                        server_hostname=target.sni or ip,
+                        ssl_handshake_timeout=max(clock.remaining(), 0.001),
+                    )
+                    sock = None  # the transport owns it now
+                timings.handshake = _ms(t0, clock)
+
+            stage = Stage.CERTIFICATE
+            handshake = _capture(writer)
+            error = None if handshake.chain else ProbeError(
+                ErrorType.TLS_ERROR, stage, "the server sent no certificate"
+            )
+            outcome_handshake: Handshake | None = handshake
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = classify(exc, stage)
+            outcome_handshake = None
+        finally:
+            # Don't wait for close_notify from a peer we don't trust: drop the connection.
+            if writer is not None:
+                writer.transport.abort()
+            if sock is not None:
+                sock.close()
+        timings.total = round((time.perf_counter() - started) * 1000, 3)
+        return ProbeOutcome(ip, outcome_handshake, error, timings)
+
+
+def _retryable(error: ProbeError) -> bool:
+    return error.stage is Stage.CONNECT and error.type in (
+        ErrorType.REFUSED,
+        ErrorType.UNREACHABLE,
+        ErrorType.TIMEOUT,
+        ErrorType.RESET,
+    )
+
+
+def _ms(t0: float, clock: Clock) -> float:
+    elapsed = time.perf_counter() - t0
+    clock.charge(elapsed)
+    return round(elapsed * 1000, 3)
+
+
+async def _maybe_await(value: object) -> None:
+    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+        await value
+
+
+async def _connect(ip: str, port: int) -> socket.socket:
+    """A connected non-blocking TCP socket; the caller owns it."""
+    # Numeric getaddrinfo never touches the network; it fills in IPv6 scope ids.
+    family, kind, proto, _, address = socket.getaddrinfo(
+        ip, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _capture(writer: asyncio.StreamWriter) -> Handshake:
+    ssl_object = writer.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, ssl.SSLObject):
+        raise ProbeError(ErrorType.INTERNAL, Stage.CERTIFICATE, "no SSL object on the stream")
+    cipher = ssl_object.cipher()
+    return Handshake(
+        version=ssl_object.version(),
+        cipher=cipher[0] if cipher else None,
+        alpn=ssl_object.selected_alpn_protocol(),
+        chain=unverified_chain(ssl_object),
+    )

@@ -1,0 +1,66 @@
+"""What the user sees on stderr: a live line on a terminal, and a summary at the end.
+
+Records only ever go to the output; this module writes nothing but stderr.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, TextIO
+
+_REFRESH = 0.5  # seconds between redraws of the live line
+
+
+class Progress:
+    def __init__(self, *, enabled: bool, stream: TextIO, total: int | None = None) -> None:
+        self._enabled = enabled
+        self._stream = stream
+        self._live = enabled and stream.isatty()
+        self._total = total
+        self._started = time.monotonic()
+        self._drawn = 0.0
+        self.done = 0
+        self.by_status: Counter[str] = Counter()
+        self.by_error: Counter[str] = Counter()
+
+    def count(self, record: dict[str, Any]) -> None:
+        self.done += 1
+        self.by_status[record["status"]] += 1
+        error = record.get("error")
+        if error:
+            self.by_error[error["type"]] += 1
+        if self._live:
+            now = time.monotonic()
+            if now - self._drawn >= _REFRESH:
+                self._drawn = now
+                self._stream.write("\r\x1b[2K" + self._line(now))
+                self._stream.flush()
+
+    def note(self, message: str) -> None:
+        if self._enabled:
+            self._stream.write(("\r\x1b[2K" if self._live else "") + f"certscan: {message}\n")
+            self._stream.flush()
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self._started, 1e-9)
+        total = f"/{self._total}" if self._total is not None else ""
+        errors = " ".join(f"{k}={v}" for k, v in self.by_error.most_common(4))
+        return (f"{self.done}{total} done, {self.done / elapsed:,.0f}/s, "
+                f"ok={self.by_status['ok']} {errors}").rstrip()
+
+    def summary(self) -> str:
+        elapsed = time.monotonic() - self._started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        errors = ", ".join(f"{k} {v}" for k, v in sorted(self.by_error.items())) or "none"
+        return (f"{self.done} records in {elapsed:.2f}s ({rate:,.1f} targets/s): "
+                f"ok {self.by_status['ok']}, error {self.by_status['error']} "
+                f"(by type: {errors})")
+
+    def finish(self) -> None:
+        if not self._enabled:
+            return
+        if self._live:
+            self._stream.write("\r\x1b[2K")
+        self._stream.write(f"certscan: {self.summary()}\n")
+        self._stream.flush()

@@ -1,0 +1,98 @@
+"""Scan records: pure functions from a target and what its probe saw to one JSON object.
+
+The record is the output contract (DESIGN.md, "Output record"; the JSON Schema ships as
+`record.schema.json`). Every key is present on every record; a key that does not apply is
+null (or [] for `chain`). Keys are only ever added, never renamed; `schema_version` says so.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from . import certs
+from .errors import ErrorType, ProbeError, Stage, internal
+from .probe import ProbeOutcome
+from .targets import BadLine, Target
+from .verify import TrustStore, verify_chain
+
+SCHEMA_VERSION = 1
+
+Record = dict[str, Any]
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _base(target: str, host: str | None, port: int | None, now: datetime) -> Record:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "scanned_at": timestamp(now),
+        "target": target,
+        "host": host,
+        "port": port,
+        "ip": None,
+        "sni": None,
+        "status": "error",
+        "error": None,
+        "tls": None,
+        "timing_ms": None,
+        "certificate": None,
+        "chain": [],
+        "validation": None,
+    }
+
+
+def bad_line_record(bad: BadLine, *, now: datetime) -> Record:
+    record = _base(bad.text, None, None, now)
+    record["error"] = ProbeError(ErrorType.INVALID_TARGET, Stage.TARGET, bad.message).as_dict()
+    return record
+
+
+def error_record(target: Target, error: ProbeError, *, now: datetime) -> Record:
+    """A record for a target whose probe never produced an outcome (a crash, a stopped scan)."""
+    record = _base(target.text, target.host, target.port, now)
+    record["ip"] = target.ip
+    record["sni"] = target.sni
+    record["error"] = error.as_dict()
+    return record
+
+
+def probe_record(
+    target: Target, outcome: ProbeOutcome, *, now: datetime, store: TrustStore | None
+) -> Record:
+    """The record of one probe: certificate facts and, with a trust store, the verdict."""
+    record = _base(target.text, target.host, target.port, now)
+    record["ip"] = outcome.ip
+    record["sni"] = target.sni
+    record["timing_ms"] = outcome.timings.as_dict()
+    handshake = outcome.handshake
+    if handshake is not None:
+        record["tls"] = {
+            "version": handshake.version,
+            "cipher": handshake.cipher,
+            "alpn": handshake.alpn,
+        }
+        if handshake.chain:
+            try:
+                record["certificate"] = certs.certificate_facts(handshake.chain[0], now=now)
+                record["chain"] = [certs.chain_entry(der) for der in handshake.chain]
+                if store is not None:
+                    verdict = verify_chain(handshake.chain, store, server_name=target.server_name)
+                    record["validation"] = verdict.as_dict()
+            except Exception as exc:  # a bug in our parsing, not the server's fault
+                record["error"] = internal(exc, Stage.CERTIFICATE).as_dict()
+                return record
+    if outcome.error is not None:
+        record["error"] = outcome.error.as_dict()
+    else:
+        record["status"] = "ok"
+    return record
+
+
+def encode(record: Record) -> str:
+    """One JSON line. ensure_ascii keeps hostile certificate strings (lone surrogates,
+    control characters) from ever producing a line that is not valid UTF-8 JSON."""
+    return json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"

@@ -1,0 +1,63 @@
+"""Process set-up a scan needs: the event loop, and enough file descriptors."""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+# Descriptors the process needs besides one socket per target in flight: stdio, the
+# output, resolver threads' sockets, the event loop's own (epoll, self-pipe).
+_RESERVED_FDS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class FdLimit:
+    soft: int
+    hard: int
+    clamped_to: int | None  # the concurrency that fits, when the one asked for does not
+
+    @property
+    def message(self) -> str:
+        return (
+            f"--concurrency lowered to {self.clamped_to}: the open-file limit is {self.soft} "
+            f"(hard limit {self.hard}); raise it with `ulimit -n` to go higher"
+        )
+
+
+def raise_nofile_limit(concurrency: int) -> FdLimit:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit; say if concurrency still exceeds it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = concurrency + _RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the old limit; the clamp below makes it safe
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        return FdLimit(soft, hard, max(soft - _RESERVED_FDS, 1))
+    return FdLimit(soft, hard, None)
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
+    """uvloop for "uvloop" and for "auto" where it is installed; the stdlib loop otherwise."""
+    if name in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if name == "uvloop":
+                raise
+        else:
+            return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def run_with_loop(name: str, main: Coroutine[Any, Any, T]) -> T:
+    with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
+        return runner.run(main)

@@ -1,0 +1,312 @@
+"""Target lines -> `Target`s. Pure parsing plus one streaming reader.
+
+Grammar (DESIGN.md, "Target lines"), one target per line, an optional server name after it:
+
+    example.org                 example.org:8443          192.0.2.7        192.0.2.7:8443
+    [2001:db8::1]:443           2001:db8::1               https://example.org:8443/path
+    192.0.2.0/30                192.0.2.7:443 example.org  # comment
+
+Blank lines and `#` comments are skipped. A line that does not parse becomes a `BadLine`,
+which the scan turns into an `invalid_target` record; it never stops the scan.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import sys
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiofiles
+import idna
+
+# Implicit-TLS schemes a URL may name, with their default ports.
+_SCHEME_PORTS = {
+    "https": 443,
+    "wss": 443,
+    "ldaps": 636,
+    "imaps": 993,
+    "pop3s": 995,
+    "smtps": 465,
+    "ftps": 990,
+    "tls": 443,
+}
+
+# A CIDR block is expanded lazily, but a block nobody could finish scanning (an IPv6 /64) is
+# almost certainly a typo; refuse it instead of running for ever.
+MAX_BLOCK_ADDRESSES = 1 << 24
+
+_READ_CHUNK = 1 << 16
+
+
+class TargetError(ValueError):
+    """Why a line is not a target; the message is shown to the user as is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One endpoint to probe.
+
+    text:   the input line as written (for a CIDR block or several ports, shared by all the
+            targets the line expands to)
+    host:   ASCII hostname (IDNA, lower case) or IP literal (IPv6 without brackets)
+    port:   TCP port
+    sni:    the server name to send, or None (IP targets without an explicit name)
+    ip:     the address when `host` is a literal, else None (resolved at probe time)
+    source: where the line came from ("-" for stdin, "argv" for -t), with `line` its number
+    """
+
+    text: str
+    host: str
+    port: int
+    sni: str | None
+    ip: str | None
+    source: str = "argv"
+    line: int = 0
+
+    @property
+    def server_name(self) -> str | None:
+        """The name a client would verify against: the SNI, else the IP literal."""
+        return self.sni if self.sni is not None else self.ip
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    """An input line that is not a target; becomes one `invalid_target` record."""
+
+    text: str
+    source: str
+    line: int
+    reason: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+def normalise_hostname(name: str) -> str:
+    """IDNA-encode (UTS #46, as browsers do) and lower-case a DNS name, or raise TargetError."""
+    name = name.rstrip(".")
+    if not name:
+        raise TargetError("empty host name")
+    try:
+        ascii_name = idna.encode(name, uts46=True, transitional=False).decode("ascii")
+    except idna.IDNAError as exc:
+        # idna enforces hostname (LDH) rules strictly; internal names often use "_", which
+        # TLS stacks accept, so retry that case as plain ASCII before giving up.
+        if name.isascii() and _is_loose_ascii_hostname(name):
+            ascii_name = name.lower()
+        else:
+            raise TargetError(f"invalid host name {name!r}: {exc}") from None
+    except UnicodeError as exc:
+        raise TargetError(f"invalid host name {name!r}: {exc}") from None
+    if len(ascii_name) > 253:
+        raise TargetError(f"host name longer than 253 characters: {name[:40]!r}...")
+    last = ascii_name.rsplit(".", 1)[-1]
+    if last.isdigit():
+        raise TargetError(f"{name!r} is neither an IP address nor a host name")
+    return ascii_name
+
+
+def _is_loose_ascii_hostname(name: str) -> bool:
+    labels = name.split(".")
+    return all(
+        0 < len(label) <= 63
+        and all(c.isalnum() or c in "-_" for c in label)
+        and not label.startswith("-")
+        and not label.endswith("-")
+        for label in labels
+    )
+
+
+def _parse_port(text: str) -> int:
+    if not text.isdigit():
+        raise TargetError(f"invalid port {text!r}")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise TargetError(f"port {port} out of range (1-65535)")
+    return port
+
+
+def _ip_literal(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _split_address(spec: str) -> tuple[str, int | None]:
+    """`spec` without any server name -> (host or literal, explicit port or None)."""
+    if "://" in spec:
+        try:
+            url = urlsplit(spec)
+            port = url.port
+        except ValueError as exc:
+            raise TargetError(f"invalid URL {spec!r}: {exc}") from None
+        scheme = url.scheme.lower()
+        if scheme not in _SCHEME_PORTS:
+            raise TargetError(f"unsupported URL scheme {url.scheme!r} (TLS schemes only)")
+        if not url.hostname:
+            raise TargetError(f"URL without a host: {spec!r}")
+        return url.hostname, port if port is not None else _SCHEME_PORTS[scheme]
+    if spec.startswith("["):
+        close = spec.find("]")
+        if close < 0:
+            raise TargetError(f"unclosed '[' in {spec!r}")
+        host, rest = spec[1:close], spec[close + 1 :]
+        if _ip_literal(host) is None or ":" not in host:
+            raise TargetError(f"{host!r} in brackets is not an IPv6 address")
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise TargetError(f"unexpected {rest!r} after ']'")
+        return host, _parse_port(rest[1:])
+    if spec.count(":") > 1:  # bare IPv6: its colons are not a port separator
+        return spec, None
+    if ":" in spec:
+        host, port_text = spec.rsplit(":", 1)
+        return host, _parse_port(port_text)
+    return spec, None
+
+
+def _cidr_addresses(spec: str) -> Iterator[str] | None:
+    """The addresses of a CIDR block, lazily; None when `spec` is not one."""
+    if "/" not in spec or "://" in spec:
+        return None
+    try:
+        network = ipaddress.ip_network(spec, strict=False)
+    except ValueError as exc:
+        raise TargetError(f"invalid CIDR block {spec!r}: {exc}") from None
+    if network.num_addresses > MAX_BLOCK_ADDRESSES:
+        raise TargetError(
+            f"CIDR block {spec} has {network.num_addresses:,} addresses; "
+            f"at most {MAX_BLOCK_ADDRESSES:,} per line"
+        )
+    # Every address, network and broadcast included: a scanner should not guess which of
+    # them a host sits on (nmap does the same).
+    return (str(address) for address in network)
+
+
+def strip_comment(raw: str) -> str:
+    """The line without its comment and surrounding white space ("" for nothing left)."""
+    text = raw.strip()
+    if text.startswith("#"):
+        return ""
+    cut = text.find(" #")
+    tab = text.find("\t#")
+    cuts = [c for c in (cut, tab) if c >= 0]
+    return text[: min(cuts)].rstrip() if cuts else text
+
+
+def parse_line(
+    text: str,
+    *,
+    ports: Sequence[int],
+    sni: str | None = None,
+    source: str = "argv",
+    line: int = 0,
+) -> Iterable[Target]:
+    """Parse one comment-free, non-blank line into the targets it stands for.
+
+    Validates everything up front (raising TargetError), then expands lazily: a /8 costs
+    nothing until it is iterated. `ports` applies when the line names no port; `sni` when
+    the line names no server.
+    """
+    fields = text.split()
+    if not fields:
+        raise TargetError("empty target")
+    if len(fields) > 2:
+        raise TargetError(f"expected 'ADDRESS [SERVER_NAME]', got {len(fields)} fields")
+    spec = fields[0]
+    server = parse_server_name(fields[1]) if len(fields) == 2 else sni
+
+    block = _cidr_addresses(spec)
+    if block is not None:
+        return (
+            Target(text, address, port, server, address, source, line)
+            for address, port in itertools.product(block, ports)
+        )
+
+    host, port = _split_address(spec)
+    literal = _ip_literal(host)
+    if literal is None:
+        if ":" in host:
+            raise TargetError(f"invalid IPv6 address {host!r}")
+        host = normalise_hostname(host)
+        if server is None:
+            server = host
+    else:
+        host = literal
+    chosen = (port,) if port is not None else tuple(ports)
+    return [Target(text, host, p, server, literal, source, line) for p in chosen]
+
+
+def parse_server_name(text: str) -> str:
+    literal = _ip_literal(text)
+    return literal if literal is not None else normalise_hostname(text)
+
+
+def parse_lines(
+    lines: Iterable[str],
+    *,
+    ports: Sequence[int],
+    sni: str | None = None,
+    source: str = "argv",
+    first_line: int = 1,
+) -> Iterator[Target | BadLine]:
+    """Each line in turn: its targets, a BadLine, or nothing (blank or comment)."""
+    for number, raw in enumerate(lines, first_line):
+        text = strip_comment(raw)
+        if not text:
+            continue
+        try:
+            yield from parse_line(text, ports=ports, sni=sni, source=source, line=number)
+        except TargetError as exc:
+            yield BadLine(raw.strip(), source, number, str(exc))
+
+
+async def read_lines(path: str) -> AsyncIterator[str]:
+    """Stream the lines of a file ("-": standard input) without loading it whole.
+
+    Reads fixed-size chunks through aiofiles (one thread hop per 64 KiB, not per line) and
+    decodes each line on its own, so one line of bad UTF-8 costs that line, not the file.
+    """
+    opened = (
+        aiofiles.open(sys.stdin.fileno(), "rb", closefd=False)
+        if path == "-"
+        else aiofiles.open(path, "rb")
+    )
+    async with opened as stream:
+        pending = b""
+        while True:
+            chunk = await stream.read(_READ_CHUNK)
+            if not chunk:
+                break
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw in complete:
+                yield raw.decode("utf-8", errors="replace")
+        if pending:
+            yield pending.decode("utf-8", errors="replace")
+
+
+async def read_targets(
+    files: Sequence[str],
+    inline: Sequence[str] = (),
+    *,
+    ports: Sequence[int],
+    sni: str | None = None,
+) -> AsyncIterator[Target | BadLine]:
+    """All targets of a scan: the `-t` ones first, then each file (or "-") in order."""
+    for item in parse_lines(inline, ports=ports, sni=sni, source="argv"):
+        yield item
+    for path in files:
+        source = "stdin" if path == "-" else path
+        number = 0
+        async for raw in read_lines(path):
+            number += 1
+            for item in parse_lines([raw], ports=ports, sni=sni, source=source,
+                                    first_line=number):
+                yield item

@@ -1,0 +1,51 @@
+"""The only place SSLContexts are built. Every option has its reason beside it."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+
+# OpenSSL's SSL_OP_LEGACY_SERVER_CONNECT; `ssl` names it only from Python 3.12 on.
+_OP_LEGACY_SERVER_CONNECT = getattr(ssl, "OP_LEGACY_SERVER_CONNECT", 0x4)
+
+# Every cipher OpenSSL has, at security level 0 so that RC4/3DES/export-grade servers and
+# small keys still complete a handshake. Anonymous suites are left out: they carry no
+# certificate, and a server that offers one next to an authenticated suite must not be
+# tempted into the one that tells us nothing.
+_CAPTURE_CIPHERS = "ALL:COMPLEMENTOFDEFAULT:!aNULL:!eNULL:@SECLEVEL=0"
+
+
+def capture_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    """A client context that completes a handshake with any server an inventory meets.
+
+    It does not judge: the certificate is captured whatever it is, and verify.py gives the
+    verdict afterwards from the captured chain (DESIGN: a verifying handshake would abort
+    on a bad certificate and lose it). Built once per scan and shared by every probe.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # Capture, don't verify: the verdict comes from verify.py on the same chain.
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    # OpenSSL 3 refuses TLS 1.0/1.1 by default; an inventory must still see those servers.
+    # (SSLv3 is not compiled into current OpenSSL builds; TLSv1 is the floor we can offer.)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    ctx.set_ciphers(_CAPTURE_CIPHERS)
+    # Servers that never implemented RFC 5746 secure renegotiation are refused outright by
+    # OpenSSL 3 ("unsafe legacy renegotiation disabled"); we only read their certificate.
+    ctx.options |= _OP_LEGACY_SERVER_CONNECT
+    # Each target is a fresh full handshake: no session tickets to store or offer.
+    ctx.options |= ssl.OP_NO_TICKET
+    if alpn:
+        # Offering ALPN makes `tls.alpn` meaningful (what the endpoint would speak).
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def verifying_context(cafile: str | None = None, capath: str | None = None) -> ssl.SSLContext:
+    """The client the verdict imitates: `ssl.create_default_context(cafile=...)`.
+
+    Used only by the library twin of `ssl.get_server_certificate` and by tests that check
+    our verdicts against what the stdlib client concludes.
+    """
+    return ssl.create_default_context(cafile=cafile, capath=capath)
