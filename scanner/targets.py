@@ -13,7 +13,6 @@ which the scan turns into an `invalid_target` record; it never stops the scan.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import sys
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -224,9 +223,11 @@ def parse_line(
 
     block = _cidr_addresses(spec)
     if block is not None:
+        # Not itertools.product: it would materialise the whole block first.
         return (
             Target(text, address, port, server, address, source, line)
-            for address, port in itertools.product(block, ports)
+            for address in block
+            for port in ports
         )
 
     host, port = _split_address(spec)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import warnings
 from collections.abc import Sequence
 
 # OpenSSL's SSL_OP_LEGACY_SERVER_CONNECT; `ssl` names it only from Python 3.12 on.
@@ -28,7 +29,10 @@ def capture_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
     ctx.verify_mode = ssl.CERT_NONE
     # OpenSSL 3 refuses TLS 1.0/1.1 by default; an inventory must still see those servers.
     # (SSLv3 is not compiled into current OpenSSL builds; TLSv1 is the floor we can offer.)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    with warnings.catch_warnings():
+        # Python deprecates naming TLS 1.0; reaching such servers is the point here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
     ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
     ctx.set_ciphers(_CAPTURE_CIPHERS)
     # Servers that never implemented RFC 5746 secure renegotiation are refused outright by

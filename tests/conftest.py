@@ -1,21 +1,21 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Mapping
 
 import pytest
 import trustme
 import uvloop
 
 
-@pytest.fixture(scope="session", params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoopPolicy]:
-    """Every async test runs on both loops certscan supports: uvloop (the default) and
-    the stdlib's, since they report the same network failures differently."""
-    if request.param == "uvloop":
-        yield uvloop.EventLoopPolicy()
-    else:
-        yield asyncio.DefaultEventLoopPolicy()
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on uvloop, certscan's default loop. Tests marked `both_loops` also
+    run on the stdlib loop, since the two report network failures differently."""
+    if item.get_closest_marker("both_loops"):
+        return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import itertools
 import socket
 import ssl
 import struct
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,11 +55,13 @@ def server_context(
     seclevel0: bool = False,
 ) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    if seclevel0:
-        ctx.set_ciphers("ALL:@SECLEVEL=0")
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-    if maximum is not None:
-        ctx.maximum_version = maximum
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 servers, on purpose
+        if seclevel0:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")
+            ctx.minimum_version = ssl.TLSVersion.TLSv1
+        if maximum is not None:
+            ctx.maximum_version = maximum
     cert.configure_cert(ctx)
     return ctx
 

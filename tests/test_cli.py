@@ -1,0 +1,102 @@
+"""The command line end to end, through a real subprocess, against real servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+
+from servers import free_port, next_address, server_context, tls_server
+
+CERTSCAN = str(Path(sys.executable).parent / "certscan")
+
+
+async def run(*args: str, stdin: bytes | None = None,
+              timeout: float = 30) -> tuple[int, bytes, bytes]:
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout)
+    assert process.returncode is not None
+    return process.returncode, out, err
+
+
+def records(data: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+async def test_file_in_file_out(ca: trustme.CA, tmp_path: Path) -> None:
+    async with tls_server(server_context(ca.issue_cert("cli.test"))) as server:
+        refused_host = next_address()
+        targets = tmp_path / "targets.txt"
+        targets.write_text(
+            "# a comment\n"
+            f"{server.target} cli.test\n"
+            f"{refused_host}:{free_port(refused_host)}\n"
+            "this is:not:valid\n"
+        )
+        out = tmp_path / "out.jsonl"
+        code, stdout, stderr = await run(
+            CERTSCAN, "scan", str(targets), "-o", str(out), "--timeout", "2"
+        )
+    assert code == 0, stderr
+    assert stdout == b""  # records go only to the output
+    got = records(out.read_bytes())
+    assert len(got) == 3
+    by_status = {(r["status"], (r["error"] or {}).get("type")) for r in got}
+    assert by_status == {("ok", None), ("error", "refused"), ("error", "invalid_target")}
+    bad = next(r for r in got if r["target"] == "this is:not:valid")
+    assert f"{targets}:4:" in bad["error"]["message"]
+    assert "3 records" in stderr.decode()  # the summary
+
+
+async def test_stdin_to_stdout_with_python_dash_m(ca: trustme.CA) -> None:
+    async with tls_server(server_context(ca.issue_cert("stdin.test"))) as server:
+        code, stdout, stderr = await run(
+            sys.executable, "-m", "scanner", "scan", "-", "--quiet", "--timeout", "2",
+            stdin=f"{server.target}\n{server.target} stdin.test\n".encode(),
+        )
+    assert code == 0, stderr
+    assert stderr == b""  # --quiet
+    got = records(stdout)
+    assert [r["status"] for r in got] == ["ok", "ok"]
+    assert sorted(str(r["sni"]) for r in got) == ["None", "stdin.test"]
+
+
+async def test_targets_on_the_command_line_and_ports(ca: trustme.CA) -> None:
+    async with tls_server(server_context(ca.issue_cert("argv.test"))) as server:
+        code, stdout, _ = await run(
+            CERTSCAN, "scan", "-q", "-t", server.host, "--ports", f"{server.port}",
+            "--sni", "argv.test",
+        )
+    assert code == 0
+    (record,) = records(stdout)
+    assert (record["status"], record["sni"], record["port"]) == ("ok", "argv.test", server.port)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["scan", "-t", "x", "--concurrency", "0"], "--concurrency"),
+        (["scan", "-t", "x", "--timeout", "-1"], "--timeout"),
+        (["scan", "-t", "x", "--ports", "0"], "--ports"),
+        (["scan", "/no/such/file"], "no such file"),
+        (["scan", "-t", "x", "--ca-bundle", "/no/such/ca.pem"], "--ca-bundle"),
+        (["scan", "-t", "x", "--sni", "bad name!"], "--sni"),
+        (["scan", "-t", "x", "--resume"], "--resume needs -o"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+async def test_usage_errors_exit_2_naming_the_flag(args: list[str], message: str) -> None:
+    code, stdout, stderr = await run(CERTSCAN, *args)
+    assert code == 2
+    assert stdout == b""
+    assert message in stderr.decode()
