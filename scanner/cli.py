@@ -28,8 +28,8 @@ class UsageError(Exception):
 
 def _ports(text: str) -> tuple[int, ...]:
     ports: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         if "-" in part:
             low, _, high = part.partition("-")
             if not (low.isdigit() and high.isdigit()) or int(low) > int(high):

@@ -100,7 +100,7 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     # Some paths (uvloop's SSL protocol among them) only keep the text.
     text = str(exc)
     if "[" in text and "]" in text:
-        return text[text.rfind("[") + 1 : text.rfind("]")].split(":")[0].strip().upper()
+        return text[text.rfind("[") + 1 : text.rfind("]")].split(":", maxsplit=1)[0].strip().upper()
     return ""
 
 
@@ -108,7 +108,7 @@ def classify_tls(exc: ssl.SSLError, stage: Stage) -> ProbeError:
     """Translate an SSL failure; kept public for the alert name mapping tests."""
     reason = _ssl_reason(exc)
     message = f"{reason}: {exc}" if reason and reason not in str(exc) else str(exc)
-    if isinstance(exc, ssl.SSLEOFError) or isinstance(exc, ssl.SSLZeroReturnError):
+    if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return ProbeError(ErrorType.CLOSED, stage, message or "peer closed the connection")
     if reason.startswith(_ALERT_PREFIXES) or reason in _BARE_ALERT_REASONS:
         return ProbeError(ErrorType.TLS_ALERT, stage, message)

@@ -16,15 +16,15 @@ from servers import free_port, next_address, server_context, tls_server
 CERTSCAN = str(Path(sys.executable).parent / "certscan")
 
 
-async def run(*args: str, stdin: bytes | None = None,
-              timeout: float = 30) -> tuple[int, bytes, bytes]:
+async def run(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
     process = await asyncio.create_subprocess_exec(
         *args,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await asyncio.wait_for(process.communicate(stdin or b""), timeout)
+    async with asyncio.timeout(30):
+        out, err = await process.communicate(stdin or b"")
     assert process.returncode is not None
     return process.returncode, out, err
 
