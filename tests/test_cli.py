@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trustme
 
+from schema import checked
 from servers import free_port, next_address, server_context, tls_server
 
 CERTSCAN = str(Path(sys.executable).parent / "certscan")
@@ -30,7 +31,7 @@ async def run(*args: str, stdin: bytes | None = None) -> tuple[int, bytes, bytes
 
 
 def records(data: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in data.decode().splitlines()]
+    return [checked(json.loads(line)) for line in data.decode().splitlines()]
 
 
 async def test_file_in_file_out(ca: trustme.CA, tmp_path: Path) -> None:

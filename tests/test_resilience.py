@@ -18,6 +18,7 @@ import pytest
 import trustme
 
 import scanner
+from schema import checked
 from servers import (
     endless,
     free_port,
@@ -33,7 +34,7 @@ CERTSCAN = str(Path(sys.executable).parent / "certscan")
 
 
 async def scan_all(lines: list[str], **options: Any) -> list[dict[str, Any]]:
-    return [record async for record in scanner.scan(lines, **options)]
+    return [checked(record) async for record in scanner.scan(lines, **options)]
 
 
 @pytest.mark.parametrize(
@@ -123,7 +124,7 @@ async def test_busy_scanner_does_not_time_out_servers_that_answer(ca: trustme.CA
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [checked(json.loads(line)) for line in path.read_text().splitlines()]
 
 
 async def _start(args: list[str], **kwargs: Any) -> asyncio.subprocess.Process:

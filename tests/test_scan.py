@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import scanner
 from scanner import certs
+from schema import checked
 from servers import (
     alert,
     fin_after_hello,
@@ -32,7 +33,7 @@ Record = dict[str, Any]
 
 async def scan_all(lines: list[str], **options: Any) -> list[Record]:
     options.setdefault("timeout", 2.0)
-    return [record async for record in scanner.scan(lines, **options)]
+    return [checked(record) async for record in scanner.scan(lines, **options)]
 
 
 def common_name(record: Record) -> str:
