@@ -1,0 +1,400 @@
+"""Would ``ssl.create_default_context(cafile=BUNDLE)`` accept this chain under this name?
+
+Answered without a second connection by OpenSSL's own ``X509_verify_cert``, called through
+ctypes in the very libcrypto ``_ssl`` is linked against, with the parameters libssl's
+``ssl_verify_cert_chain`` sets: the stdlib's verdict by construction, not by imitation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import importlib
+import os
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Self
+
+# X509_V_ERR_* -> reason, numbers from OpenSSL 3.0 include/openssl/x509_vfy.h (they were
+# renumbered in 3.0: 24 was INVALID_CA in 1.1.1, so the table is only read under OpenSSL 3).
+_REASONS: dict[int, str] = {
+    # Dates of any certificate in the built chain.
+    9: "not_yet_valid",  # CERT_NOT_YET_VALID
+    10: "expired",  # CERT_HAS_EXPIRED
+    # The chain ends in a self-signed certificate the store does not hold.
+    18: "self_signed",  # DEPTH_ZERO_SELF_SIGNED_CERT: the leaf itself
+    19: "self_signed",  # SELF_SIGNED_CERT_IN_CHAIN: a root the server sent
+    # Signatures that do not verify or cannot be read.
+    4: "bad_signature",  # UNABLE_TO_DECRYPT_CERT_SIGNATURE
+    7: "bad_signature",  # CERT_SIGNATURE_FAILURE
+    # An issuer that may not issue: not a CA, or not allowed to sign certificates.
+    32: "invalid_ca",  # KEYUSAGE_NO_CERTSIGN
+    79: "invalid_ca",  # INVALID_CA
+    # The leaf (or a CA) is not for TLS servers (EKU / Netscape cert type).
+    26: "invalid_purpose",  # INVALID_PURPOSE
+    # The name the client asked for.
+    62: "hostname_mismatch",  # HOSTNAME_MISMATCH
+    64: "hostname_mismatch",  # IP_ADDRESS_MISMATCH
+    # The security level (auth_level): keys and signature digests too weak for it.
+    66: "weak_key",  # EE_KEY_TOO_SMALL
+    67: "weak_key",  # CA_KEY_TOO_SMALL
+    68: "weak_signature",  # CA_MD_TOO_WEAK: despite the name, any non-anchor cert (leaf too)
+    # Trust settings in the store reject the anchor.
+    27: "untrusted_root",  # CERT_UNTRUSTED
+    28: "untrusted_root",  # CERT_REJECTED
+}
+# "Issuer not found": 2 UNABLE_TO_GET_ISSUER_CERT (the chain reached a store cert that is not
+# a root), 20 UNABLE_TO_GET_ISSUER_CERT_LOCALLY, 21 UNABLE_TO_VERIFY_LEAF_SIGNATURE (a lone
+# untrusted leaf). _issuer_reason splits them into untrusted_root / incomplete_chain.
+_ISSUER_NOT_FOUND = frozenset({2, 20, 21})
+_X509_V_ERR_UNSPECIFIED = 1  # a failed verification that set no code (internal error)
+# _ssl words the two name errors itself, with the name (fill_and_set_sslerror in _ssl.c).
+_NAME_ERRORS = {62: "Hostname mismatch", 64: "IP address mismatch"}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The stdlib client's answer for one chain, name and store.
+
+    ``hostname_match`` is None when no name was given; ``reason`` is None exactly when
+    ``trusted``. ``code`` (the X509_V_ERR code, 0 when trusted) and ``verify_message`` (the
+    stdlib's wording) are kept for ``to_ssl_error`` and are not part of ``as_dict``.
+    """
+
+    trusted: bool
+    hostname_match: bool | None
+    reason: str | None
+    message: str
+    store: str
+    code: int = 0
+    verify_message: str = "ok"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "trusted": self.trusted,
+            "hostname_match": self.hostname_match,
+            "reason": self.reason,
+            "message": self.message,
+            "store": self.store,
+        }
+
+
+_P = ctypes.c_void_p  # every OpenSSL pointer: the default c_int restype would truncate it
+_SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    # name: (restype, argtypes), prototypes from the OpenSSL 3.0 headers.
+    "OpenSSL_version_num": (ctypes.c_ulong, ()),
+    "ERR_clear_error": (None, ()),  # keep failed loads out of _ssl's per-thread error queue
+    "d2i_X509": (_P, (_P, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long)),
+    "X509_free": (None, (_P,)),
+    "X509_check_ca": (ctypes.c_int, (_P,)),
+    # X509_check_host(x, name, namelen, flags, char **peername): peername unused (NULL).
+    "X509_check_host": (ctypes.c_int, (_P, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, _P)),
+    "X509_check_ip_asc": (ctypes.c_int, (_P, ctypes.c_char_p, ctypes.c_uint)),
+    # STACK_OF(X509) is a macro family over these since 1.1.0.
+    "OPENSSL_sk_new_null": (_P, ()),
+    "OPENSSL_sk_push": (ctypes.c_int, (_P, _P)),
+    "OPENSSL_sk_free": (None, (_P,)),  # frees the stack only; the X509s are freed one by one
+    "X509_STORE_new": (_P, ()),
+    "X509_STORE_free": (None, (_P,)),
+    "X509_STORE_load_file": (ctypes.c_int, (_P, ctypes.c_char_p)),  # 3.0+; certs and CRLs
+    "X509_STORE_set_default_paths": (ctypes.c_int, (_P,)),
+    "X509_STORE_CTX_new": (_P, ()),
+    "X509_STORE_CTX_free": (None, (_P,)),
+    "X509_STORE_CTX_init": (ctypes.c_int, (_P, _P, _P, _P)),  # borrows leaf and stack
+    "X509_STORE_CTX_set_default": (ctypes.c_int, (_P, ctypes.c_char_p)),
+    "X509_STORE_CTX_get0_param": (_P, (_P,)),
+    "X509_STORE_CTX_get_error": (ctypes.c_int, (_P,)),
+    "X509_STORE_CTX_get_error_depth": (ctypes.c_int, (_P,)),
+    "X509_STORE_CTX_get_current_cert": (_P, (_P,)),
+    "X509_VERIFY_PARAM_set_flags": (ctypes.c_int, (_P, ctypes.c_ulong)),
+    "X509_VERIFY_PARAM_set_auth_level": (None, (_P, ctypes.c_int)),
+    "X509_VERIFY_PARAM_set_hostflags": (None, (_P, ctypes.c_uint)),
+    "X509_VERIFY_PARAM_set1_host": (ctypes.c_int, (_P, ctypes.c_char_p, ctypes.c_size_t)),
+    "X509_VERIFY_PARAM_set1_ip_asc": (ctypes.c_int, (_P, ctypes.c_char_p)),
+    "X509_VERIFY_PARAM_set_time": (None, (_P, ctypes.c_int64)),  # time_t: 64-bit on Linux
+    "X509_verify_cert": (ctypes.c_int, (_P,)),
+    "X509_verify_cert_error_string": (ctypes.c_char_p, (ctypes.c_long,)),
+}
+_SSL_SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
+    # Only to learn the security level a default client context gets (see _bind).
+    "TLS_client_method": (_P, ()),
+    "SSL_CTX_new": (_P, (_P,)),
+    "SSL_CTX_free": (None, (_P,)),
+    "SSL_CTX_set_cipher_list": (ctypes.c_int, (_P, ctypes.c_char_p)),
+    "SSL_CTX_get_security_level": (ctypes.c_int, (_P,)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class _OpenSSL:
+    crypto: ctypes.CDLL
+    auth_level: int  # SSL_get_security_level of a default client: keys, digests
+    verify_flags: int  # X509_V_FLAG_* of a default client (TRUSTED_FIRST on 3.11)
+    host_flags: int  # X509_CHECK_FLAG_* of a default client
+
+
+def _loaded_library(stem: str) -> ctypes.CDLL:
+    """The copy of lib<stem> this process already mapped for ``_ssl`` (dlopen shares it).
+
+    Checked by version: OpenSSL_version_num resolves through libssl to the libcrypto it uses.
+    """
+    paths = []
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            paths = [line.split()[-1] for line in maps if f"/lib{stem}.so" in line]
+    except OSError:  # not Linux: let the dynamic linker answer
+        pass
+    found = ctypes.util.find_library(stem)
+    for path in [*dict.fromkeys(paths), *([found] if found else [])]:
+        lib = ctypes.CDLL(path)
+        version = lib.OpenSSL_version_num
+        version.restype, version.argtypes = ctypes.c_ulong, ()
+        if version() == ssl.OPENSSL_VERSION_NUMBER:
+            return lib
+    raise RuntimeError(f"lib{stem} {ssl.OPENSSL_VERSION} (the one _ssl uses) not found")
+
+
+@functools.cache
+def _bind() -> _OpenSSL:
+    """Bind libcrypto once and read the default client's verification settings."""
+    if ssl.OPENSSL_VERSION_INFO[0] != 3:
+        raise RuntimeError(f"verify needs OpenSSL 3, _ssl uses {ssl.OPENSSL_VERSION}")
+    crypto, libssl = _loaded_library("crypto"), _loaded_library("ssl")
+    for lib, table in ((crypto, _SIGNATURES), (libssl, _SSL_SIGNATURES)):
+        for name, (restype, argtypes) in table.items():
+            func = getattr(lib, name)
+            func.restype, func.argtypes = restype, argtypes
+    # The level comes from the cipher string CPython sets on every new context
+    # ("@SECLEVEL=2:..." since 3.10) over the level OpenSSL's config gave SSL_CTX_new;
+    # replaying both calls reads it exactly, whatever the build or openssl.cnf says.
+    ctx = libssl.SSL_CTX_new(libssl.TLS_client_method())
+    try:
+        ciphers = str(getattr(ssl, "_DEFAULT_CIPHERS", "DEFAULT")).encode()
+        if not libssl.SSL_CTX_set_cipher_list(ctx, ciphers):
+            raise RuntimeError("cannot replay the stdlib's default cipher string")
+        auth_level = int(libssl.SSL_CTX_get_security_level(ctx))
+    finally:
+        libssl.SSL_CTX_free(ctx)
+    # Verify flags as the running interpreter sets them: 3.11 sets only TRUSTED_FIRST; 3.13
+    # adds X509_STRICT | PARTIAL_CHAIN. create_default_context adds nothing to these.
+    # Host flags: names from the SAN only (DESIGN's contract, and what browsers do), so
+    # NEVER_CHECK_SUBJECT (0x20) is set even though 3.11's default client still falls back
+    # to the subject CN when a certificate has no DNS SAN (hostname_checks_common_name is
+    # True there). NO_PARTIAL_WILDCARDS (0x4) is what _ssl always sets.
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    host_flags = 0x4 | 0x20
+    return _OpenSSL(crypto, auth_level, int(client.verify_flags), host_flags)
+
+
+class TrustStore:
+    """An X509_STORE loaded once; safe to share between threads for verification.
+
+    ``close()`` frees it: call it only once no verification is running.
+    """
+
+    __slots__ = ("_ptr", "label")
+
+    def __init__(self, ptr: int, label: str) -> None:
+        self._ptr: int | None = ptr
+        self.label = label
+
+    @classmethod
+    def load(cls, spec: str) -> TrustStore:
+        """``spec``: a PEM bundle, a directory (hashed or plain .pem/.crt files), "system"
+        (what ``load_default_certs`` loads on Linux) or "certifi". ValueError if unusable."""
+        lib = _bind().crypto
+        ptr = lib.X509_STORE_new()
+        if not ptr:
+            raise MemoryError("X509_STORE_new")
+        try:
+            cls._fill(lib, ptr, spec)
+        except BaseException:
+            lib.X509_STORE_free(ptr)
+            raise
+        finally:
+            lib.ERR_clear_error()
+        return cls(ptr, spec)
+
+    @staticmethod
+    def _fill(lib: ctypes.CDLL, ptr: int, spec: str) -> None:
+        if spec == "system":
+            # SSL_CTX_set_default_verify_paths, as load_default_certs calls it; like the stdlib
+            # this cannot tell an empty system store from a full one.
+            if not lib.X509_STORE_set_default_paths(ptr):
+                raise ValueError("cannot load the system trust store")
+            return
+        path = spec
+        if spec == "certifi":
+            try:  # optional dependency, only for this spec
+                certifi = importlib.import_module("certifi")
+            except ImportError:
+                raise ValueError("trust store 'certifi' needs the certifi package") from None
+            path = str(certifi.where())
+        if os.path.isdir(path):
+            # Load every file eagerly: this covers c_rehash directories (their hash names
+            # are links to the same certificates, which the store de-duplicates) and plain
+            # directories of .pem/.crt files, which OpenSSL's lazy capath lookup would miss.
+            try:
+                files = sorted(e.path for e in os.scandir(path) if e.is_file())
+            except OSError as exc:
+                raise ValueError(f"trust store directory {path!r} is unreadable: {exc}") from exc
+            loaded = sum(lib.X509_STORE_load_file(ptr, os.fsencode(f)) > 0 for f in files)
+            if not loaded:
+                raise ValueError(f"trust store directory {path!r} holds no readable certificate")
+        elif not os.path.exists(path):
+            raise ValueError(f"trust store {path!r} does not exist")
+        elif lib.X509_STORE_load_file(ptr, os.fsencode(path)) <= 0:
+            raise ValueError(f"trust store {path!r} holds no readable PEM certificate")
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            _bind().crypto.X509_STORE_free(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TrustStore({self.label!r}{', closed' if self._ptr is None else ''})"
+
+
+def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
+    """Split "issuer not found" into the server's fault and the store's.
+
+    OpenSSL stops at the top of what it could build. If that is still the leaf (depth 0) and
+    the leaf is not a CA, the server sent nothing that leads above its own certificate:
+    public CAs never issue leaves from a root, so an intermediate is missing
+    (``incomplete_chain``). If the server's chain reached a CA certificate and that one's
+    issuer is unknown, the store lacks the root (``untrusted_root``). The names alone cannot
+    tell a leaf issued straight by an unknown root, or a missing second intermediate, from
+    these; both are reported by this rule.
+    """
+    stuck = lib.X509_STORE_CTX_get_current_cert(ctx)
+    depth = lib.X509_STORE_CTX_get_error_depth(ctx)
+    if depth == 0 and stuck and lib.X509_check_ca(stuck) == 0:
+        return "incomplete_chain"
+    return "untrusted_root"
+
+
+def verify_chain(
+    chain: Sequence[bytes], store: TrustStore, *, server_name: str | None,
+    at: datetime | None = None,
+) -> Verdict:
+    """Verify ``chain`` (DER, leaf first, as the server sent it) for ``server_name``.
+
+    ``server_name`` is what the client would pass as ``server_hostname`` (DNS name or IP
+    literal); None checks the chain only and leaves ``hostname_match`` None. ``at`` (naive
+    means UTC) replaces the current time. ValueError for an empty or undecodable chain and
+    for names the stdlib client itself refuses (empty, leading dot, not IDNA-encodable).
+    """
+    if not chain:
+        raise ValueError("empty chain")
+    name = _client_hostname(server_name)
+    ossl = _bind()
+    lib = ossl.crypto
+    if store._ptr is None:
+        raise ValueError("trust store is closed")
+    certs: list[int] = []
+    stack = ctx = None
+    try:
+        for index, der in enumerate(chain):
+            cursor = ctypes.c_char_p(der)  # d2i advances it; bytes stay alive through it
+            cert = lib.d2i_X509(None, ctypes.byref(cursor), len(der))
+            if not cert:
+                raise ValueError(f"certificate {index} of the chain is not DER X.509")
+            certs.append(cert)
+        stack = lib.OPENSSL_sk_new_null()
+        ctx = lib.X509_STORE_CTX_new()
+        if not stack or not ctx:
+            raise MemoryError("OpenSSL allocation failed")
+        for cert in certs:  # untrusted = everything sent, leaf included, as libssl does
+            if not lib.OPENSSL_sk_push(stack, cert):
+                raise MemoryError("OPENSSL_sk_push")
+        if not lib.X509_STORE_CTX_init(ctx, store._ptr, certs[0], stack):
+            raise MemoryError("X509_STORE_CTX_init")  # its only failure mode
+        # libssl's ssl_verify_cert_chain: "ssl_server" defaults (purpose and trust
+        # SSL_SERVER, default depth), then the SSL's auth level, flags and name.
+        lib.X509_STORE_CTX_set_default(ctx, b"ssl_server")
+        param = lib.X509_STORE_CTX_get0_param(ctx)
+        lib.X509_VERIFY_PARAM_set_auth_level(param, ossl.auth_level)
+        lib.X509_VERIFY_PARAM_set_flags(param, ossl.verify_flags)
+        lib.X509_VERIFY_PARAM_set_hostflags(param, ossl.host_flags)
+        is_ip = False
+        if name is not None:
+            # _ssl tries the name as an IP literal first (a2i_IPADDRESS), as set1_ip_asc does.
+            is_ip = bool(lib.X509_VERIFY_PARAM_set1_ip_asc(param, name))
+            if not is_ip and not lib.X509_VERIFY_PARAM_set1_host(param, name, len(name)):
+                raise ValueError(f"OpenSSL refuses server name {server_name!r}")
+        if at is not None:
+            when = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+            lib.X509_VERIFY_PARAM_set_time(param, int(when.timestamp()))
+        ok = lib.X509_verify_cert(ctx) == 1
+        code = 0 if ok else (lib.X509_STORE_CTX_get_error(ctx) or _X509_V_ERR_UNSPECIFIED)
+        reason = None if ok else _REASONS.get(code, "other")
+        if code in _ISSUER_NOT_FOUND:
+            reason = _issuer_reason(lib, ctx)
+        match: bool | None = None
+        if name is not None and is_ip:
+            match = lib.X509_check_ip_asc(certs[0], name, ossl.host_flags) == 1
+        elif name is not None:
+            match = lib.X509_check_host(certs[0], name, len(name), ossl.host_flags, None) == 1
+    finally:
+        if ctx:
+            lib.X509_STORE_CTX_free(ctx)
+        if stack:
+            lib.OPENSSL_sk_free(stack)
+        for cert in certs:
+            lib.X509_free(cert)
+        lib.ERR_clear_error()
+    shown = _verify_message(lib, code, None if name is None else name.decode())
+    return Verdict(
+        trusted=ok, hostname_match=match, reason=reason,
+        message="ok" if ok else f"{shown} (X509_V_ERR {code})",
+        store=store.label, code=code, verify_message=shown,
+    )
+
+
+def _client_hostname(server_name: str | None) -> bytes | None:
+    """The bytes ``_ssl`` hands OpenSSL: SSLContext._encode_hostname, then its own checks."""
+    if server_name is None:
+        return None
+    if not server_name or server_name.startswith("."):
+        raise ValueError("server_name cannot be an empty string or start with a leading dot.")
+    try:
+        return server_name.encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"server_name {server_name!r} is not IDNA-encodable: {exc}") from exc
+
+
+def _verify_message(lib: ctypes.CDLL, code: int, name: str | None) -> str:
+    """The stdlib's ``verify_message`` for ``code``."""
+    if code == 0:
+        return "ok"
+    if code in _NAME_ERRORS:
+        return f"{_NAME_ERRORS[code]}, certificate is not valid for '{name}'."
+    text: bytes | None = lib.X509_verify_cert_error_string(code)
+    return text.decode("utf-8", "replace") if text else f"X509_V_ERR {code}"
+
+
+def to_ssl_error(verdict: Verdict) -> ssl.SSLCertVerificationError:
+    """The exception a verifying stdlib handshake would have raised for this verdict."""
+    if verdict.trusted:
+        raise ValueError("a trusted verdict has no error")
+    error = ssl.SSLCertVerificationError(
+        1,  # SSL_ERROR_SSL, the errno _ssl gives every verification failure
+        f"[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: {verdict.verify_message}",
+    )
+    error.library = "SSL"
+    error.reason = "CERTIFICATE_VERIFY_FAILED"
+    error.verify_code = verdict.code
+    error.verify_message = verdict.verify_message
+    return error

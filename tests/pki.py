@@ -1,0 +1,330 @@
+"""Mint PKI scenarios for the verifier's tests, and judge them with a real stdlib handshake.
+
+Every scenario is a chain as a server would send it, the server's key, a root bundle for the
+client and the name the client asks for. ``stdlib_verdict`` is the oracle: an in-memory
+handshake between a SECLEVEL=0 server (so it can even load RSA-1024 or SHA-1 certificates)
+and ``ssl.create_default_context(cafile=roots)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import functools
+import ipaddress
+import ssl
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+NOW = dt.datetime.now(dt.UTC)
+DAY = dt.timedelta(days=1)
+
+
+@functools.cache
+def key(kind: str, slot: str) -> Key:
+    """One key per (kind, slot), reused across scenarios: RSA generation is the slow part."""
+    del slot  # only part of the cache key
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
+    if kind == "p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if kind == "p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if kind == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    raise ValueError(kind)
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert: x509.Certificate
+    key: Key
+
+    @property
+    def der(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+
+def issue(
+    cn: str,
+    issuer: Issued | None = None,
+    *,
+    key_kind: str = "rsa2048",
+    slot: str | None = None,
+    ca: bool | None = False,
+    dns: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    eku: tuple[x509.ObjectIdentifier, ...] | None = (ExtendedKeyUsageOID.SERVER_AUTH,),
+    not_before: dt.datetime = NOW - 100 * DAY,
+    not_after: dt.datetime = NOW + 30 * DAY,
+    digest: hashes.HashAlgorithm | None = None,
+) -> Issued:
+    """A certificate for ``cn`` signed by ``issuer`` (self-signed when None).
+
+    ``ca=None`` leaves basicConstraints out altogether; signatures are SHA-256 (Ed25519 has
+    its own), or SHA-1 when ``digest`` is ``hashes.SHA1()`` (RSA signers only).
+    """
+    own = key(key_kind, slot or cn)
+    signer = issuer.key if issuer else own
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.cert.subject if issuer else name)
+        .public_key(own.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(own.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
+        )
+    )
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+    if ca:
+        usage = dict.fromkeys(
+            ("digital_signature", "content_commitment", "key_encipherment",
+             "data_encipherment", "key_agreement", "encipher_only", "decipher_only"),
+            False,
+        )
+        builder = builder.add_extension(
+            x509.KeyUsage(key_cert_sign=True, crl_sign=True, **usage), True
+        )
+    elif eku is not None:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(list(eku)), False)
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), False)
+    if isinstance(signer, ed25519.Ed25519PrivateKey):
+        return Issued(builder.sign(signer, None), own)
+    cert = builder.sign(signer, hashes.SHA256())
+    if isinstance(digest, hashes.SHA1):
+        assert isinstance(signer, rsa.RSAPrivateKey), "SHA-1 scenarios are RSA"
+        cert = _resign_sha1(cert, signer)
+    return Issued(cert, own)
+
+
+_SHA256_RSA = bytes.fromhex("300d06092a864886f70d01010b0500")  # sha256WithRSAEncryption
+_SHA1_RSA = bytes.fromhex("300d06092a864886f70d0101050500")  # sha1WithRSAEncryption
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + content
+
+
+def _resign_sha1(cert: x509.Certificate, signer: rsa.RSAPrivateKey) -> x509.Certificate:
+    """cryptography refuses to sign certificates with SHA-1 now, so sign the TBS by hand.
+
+    Both AlgorithmIdentifiers have the same length, so swapping the OID in the TBS keeps
+    every DER length valid; the first match is the TBS signature field (after the serial).
+    """
+    tbs = cert.tbs_certificate_bytes.replace(_SHA256_RSA, _SHA1_RSA, 1)
+    signature = signer.sign(tbs, padding.PKCS1v15(), hashes.SHA1())
+    body = tbs + _SHA1_RSA + _der(0x03, b"\x00" + signature)
+    return x509.load_der_x509_certificate(_der(0x30, body))
+
+
+def pem(der: bytes) -> bytes:
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A server (chain as sent + key), a client bundle, a name, and what should happen."""
+
+    id: str
+    chain: list[bytes]
+    key_pem: bytes
+    roots_pem: bytes
+    server_name: str
+    reason: str | None  # expected reason; None when the stdlib client accepts
+
+    def write_roots(self, directory: Path) -> Path:
+        path = directory / f"{self.id}-roots.pem"
+        path.write_bytes(self.roots_pem)
+        return path
+
+
+def key_pem(k: Key) -> bytes:
+    return k.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _scenario(
+    id: str, sent: list[Issued], roots: list[Issued], name: str, reason: str | None, *,
+    tamper: Callable[[list[bytes]], list[bytes]] = lambda chain: chain,
+) -> Scenario:
+    return Scenario(
+        id=id,
+        chain=tamper([c.der for c in sent]),
+        key_pem=key_pem(sent[0].key),
+        roots_pem=b"".join(pem(r.der) for r in roots),
+        server_name=name,
+        reason=reason,
+    )
+
+
+def _flip_last_byte(chain: list[bytes]) -> list[bytes]:
+    # The signature BIT STRING is the last field of a certificate, so its last byte is
+    # signature: the structure still parses and only the signature check fails.
+    leaf = bytearray(chain[0])
+    leaf[-1] ^= 0x01
+    return [bytes(leaf), *chain[1:]]
+
+
+def _trustme_scenario() -> Scenario:
+    ca = trustme.CA(key_type=trustme.KeyType.RSA)
+    intermediate = ca.create_child_ca(key_type=trustme.KeyType.RSA)
+    leaf = intermediate.issue_cert("rsa.example.org", key_type=trustme.KeyType.RSA)
+    chain = [ssl.PEM_cert_to_DER_cert(b.bytes().decode()) for b in leaf.cert_chain_pems]
+    return Scenario(
+        id="rsa-via-intermediate", chain=chain, key_pem=leaf.private_key_pem.bytes(),
+        roots_pem=ca.cert_pem.bytes(), server_name="rsa.example.org", reason=None,
+    )
+
+
+def _chain(kind: str, tag: str, **leaf: object) -> tuple[Issued, Issued, Issued]:
+    """root -> intermediate -> leaf, all with ``kind`` keys; ``leaf`` overrides issue()."""
+    root = issue(f"{tag} Root", key_kind=kind, ca=True)
+    inter = issue(f"{tag} Intermediate", root, key_kind=kind, ca=True)
+    options: dict[str, object] = {"dns": (f"{tag}.example.org",), "key_kind": kind}
+    options.update(leaf)
+    return root, inter, issue(f"{tag}.example.org", inter, **options)  # type: ignore[arg-type]
+
+
+@functools.cache
+def scenarios() -> tuple[Scenario, ...]:
+    s: list[Scenario] = [_trustme_scenario()]
+    for kind in ("p256", "p384", "ed25519"):
+        root, inter, leaf = _chain(kind, kind)
+        s.append(_scenario(f"{kind}-chain", [leaf, inter], [root], f"{kind}.example.org", None))
+
+    root, inter, leaf = _chain("rsa2048", "base")
+    host = "base.example.org"
+    s.append(_scenario("chain-with-root", [leaf, inter, root], [root], host, None))
+    s.append(_scenario("chain-out-of-order", [leaf, root, inter], [root], host, None))
+    s.append(_scenario("wrong-host", [leaf, inter], [root], "other.example.org",
+                       "hostname_mismatch"))
+    s.append(_scenario("incomplete-chain", [leaf], [root], host, "incomplete_chain"))
+    s.append(_scenario("bad-signature", [leaf, inter], [root], host, "bad_signature",
+                       tamper=_flip_last_byte))
+    s.append(_scenario("store-holds-intermediate-only", [leaf], [inter], host,
+                       "untrusted_root"))
+    other = issue("Other Root", ca=True)
+    s.append(_scenario("untrusted-root", [leaf, inter], [other], host, "untrusted_root"))
+
+    i1 = issue("Long Intermediate 1", root, ca=True)
+    i2 = issue("Long Intermediate 2", i1, ca=True)
+    i3 = issue("Long Intermediate 3", i2, ca=True)
+    long_leaf = issue("long.example.org", i3, dns=("long.example.org",))
+    s.append(_scenario("long-chain", [long_leaf, i3, i2, i1], [root], "long.example.org", None))
+
+    def leaf_case(id: str, reason: str | None, name: str = host, **opts: object) -> None:
+        options: dict[str, object] = {"dns": (host,)}
+        options.update(opts)
+        cert = issue(f"{id}.leaf", inter, slot="leaf", **options)  # type: ignore[arg-type]
+        s.append(_scenario(id, [cert, inter], [root], name, reason))
+
+    leaf_case("expired-leaf", "expired", not_before=NOW - 60 * DAY, not_after=NOW - DAY)
+    leaf_case("not-yet-valid-leaf", "not_yet_valid", not_before=NOW + DAY)
+    leaf_case("client-auth-only-eku", "invalid_purpose", eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
+    leaf_case("rsa1024-leaf", "weak_key", key_kind="rsa1024")
+    leaf_case("sha1-leaf", "weak_signature", digest=hashes.SHA1())
+    leaf_case("wildcard-match", None, "a.example.org", dns=("*.example.org",))
+    leaf_case("wildcard-too-deep", "hostname_mismatch", "a.b.example.org", dns=("*.example.org",))
+    leaf_case("wildcard-apex", "hostname_mismatch", "example.org", dns=("*.example.org",))
+    leaf_case("partial-wildcard", "hostname_mismatch", "web1.example.org",
+              dns=("web*.example.org",))
+    leaf_case("ip-san-match", None, "127.0.0.1", dns=(), ips=("127.0.0.1",))
+    leaf_case("ip-san-mismatch", "hostname_mismatch", "127.0.0.2", dns=(), ips=("127.0.0.1",))
+    leaf_case("ipv6-san-match", None, "::1", dns=(), ips=("::1",))
+    leaf_case("ip-name-vs-dns-san", "hostname_mismatch", "127.0.0.1", dns=("127.0.0.1",))
+    cn_reason = "hostname_mismatch"  # names from the SAN only
+    cn = issue("cn-only.example.org", inter, slot="leaf")
+    s.append(_scenario("cn-only", [cn, inter], [root], "cn-only.example.org", cn_reason))
+
+    self_signed = issue(host, key_kind="rsa2048", slot="leaf", dns=(host,))
+    s.append(_scenario("self-signed-leaf", [self_signed], [root], host, "self_signed"))
+    s.append(_scenario("self-signed-leaf-trusted", [self_signed], [self_signed], host, None))
+
+    old_inter = issue("Expired Intermediate", root, ca=True,
+                      not_before=NOW - 90 * DAY, not_after=NOW - DAY)
+    s.append(_scenario("expired-intermediate",
+                       [issue(host, old_inter, slot="leaf", dns=(host,)), old_inter],
+                       [root], host, "expired"))
+    not_ca = issue("Not A CA Intermediate", root, ca=None, eku=None)
+    s.append(_scenario("intermediate-not-ca",
+                       [issue(host, not_ca, slot="leaf", dns=(host,)), not_ca],
+                       [root], host, "invalid_ca"))
+    weak_inter = issue("Weak Intermediate", root, ca=True, key_kind="rsa1024")
+    s.append(_scenario("rsa1024-intermediate",
+                       [issue(host, weak_inter, slot="leaf", dns=(host,)), weak_inter],
+                       [root], host, "weak_key"))
+    sha1_inter = issue("SHA1 Intermediate", root, ca=True, digest=hashes.SHA1())
+    s.append(_scenario("sha1-intermediate",
+                       [issue(host, sha1_inter, slot="leaf", dns=(host,)), sha1_inter],
+                       [root], host, "weak_signature"))
+    # The anchor's own signature is never checked, so a SHA-1 self-signed root is fine.
+    sha1_root = issue("SHA1 Root", ca=True, digest=hashes.SHA1())
+    sha1_root_inter = issue("Under SHA1 Root", sha1_root, ca=True)
+    s.append(_scenario("sha1-root-is-fine",
+                       [issue(host, sha1_root_inter, slot="leaf", dns=(host,)),
+                        sha1_root_inter], [sha1_root], host, None))
+    return tuple(s)
+
+
+@dataclass(frozen=True)
+class Handshake:
+    accepted: bool
+    verify_code: int  # 0 when accepted
+    verify_message: str
+
+
+def stdlib_verdict(scenario: Scenario) -> Handshake:
+    """What ``ssl.create_default_context(cafile=roots)`` says, over a real TLS handshake."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chain_path, key_path = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
+        chain_path.write_bytes(b"".join(pem(der) for der in scenario.chain))
+        key_path.write_bytes(scenario.key_pem)
+        roots = scenario.write_roots(Path(tmp))
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.set_ciphers("ALL:@SECLEVEL=0")  # load and serve weak certificates too
+        server_ctx.load_cert_chain(chain_path, key_path)
+        client_ctx = ssl.create_default_context(cafile=str(roots))
+        # The contract judges names from the SAN only; 3.11's default would still read a
+        # CN when there is no DNS SAN.
+        client_ctx.hostname_checks_common_name = False
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname=scenario.server_name)
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    for _ in range(10):
+        try:
+            client.do_handshake()
+            return Handshake(True, 0, "ok")
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLCertVerificationError as exc:
+            return Handshake(False, exc.verify_code, exc.verify_message)
+        s_in.write(c_out.read())
+        with contextlib.suppress(ssl.SSLWantReadError):  # the server waits on the client
+            server.do_handshake()
+        c_in.write(s_out.read())
+    raise AssertionError(f"{scenario.id}: handshake neither finished nor failed")
