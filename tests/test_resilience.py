@@ -134,9 +134,18 @@ async def _start(args: list[str], **kwargs: Any) -> asyncio.subprocess.Process:
     )
 
 
+def _lines_in(path: str) -> int:
+    try:
+        with open(path, "rb") as stream:
+            return stream.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
 async def _wait_for_lines(path: Path, count: int) -> None:
+    """Poll the output of another process (no event to wait on across processes)."""
     async with asyncio.timeout(20):
-        while not path.exists() or len(path.read_bytes().splitlines()) < count:
+        while await asyncio.to_thread(_lines_in, str(path)) < count:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
 
 
