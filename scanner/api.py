@@ -10,6 +10,7 @@ from typing import Any
 from .certs import der_to_pem
 from .config import ScanConfig
 from .errors import ErrorType
+from .gate import HandshakeGate
 from .pool import Scan
 from .probe import Prober
 from .record import Record
@@ -90,7 +91,8 @@ async def get_server_certificate(
     store = TrustStore.load(ca_certs) if ca_certs is not None else None
     resolver = ThreadResolver(threads=1)
     try:
-        prober = Prober(capture_context(), resolver, timeout=timeout, handshake_slots=1)
+        prober = Prober(capture_context(), resolver, timeout=timeout,
+                        gate=HandshakeGate(1, budget=timeout, fixed=True))
         outcome = await prober.probe(target)
         if outcome.error is not None:
             error = outcome.error

@@ -11,13 +11,12 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .config import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, ConfigError, ScanConfig
-from .pool import Scan
 from .progress import Progress
-from .record import encode
 from .runtime import raise_nofile_limit, run_with_loop
 from .sink import Output, repair_and_index, skip_done
 from .targets import TargetError, parse_server_name, read_targets
 from .verify import TrustStore
+from .workers import LocalRun, WorkerRun
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
@@ -101,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--resolver-threads", type=int, default=64, metavar="N",
                       help="threads for the thread resolver (default 64)")
     scan.add_argument("--handshakes", type=int, metavar="N",
-                      help="TLS handshakes in progress at once (default: min(concurrency, 256))")
+                      help="TLS handshakes in progress at once (default: adapted to the "
+                           "measured CPU cost per handshake)")
+    scan.add_argument("-w", "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                      help="event loops in separate processes, targets shared out among "
+                           f"them (default: the number of cores, {os.cpu_count() or 1})")
     scan.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                       help="event loop (default auto: uvloop where installed)")
     scan.add_argument("--resume", action="store_true",
@@ -139,6 +142,8 @@ def _config(args: argparse.Namespace) -> ScanConfig:
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
+    if args.workers < 1:
+        raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     files: list[str] = list(args.files)
     if not files and not args.target:
         if sys.stdin is None or sys.stdin.isatty():
@@ -160,7 +165,10 @@ async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
     items = read_targets(files, args.target, ports=config.ports, sni=config.sni)
     if done:
         items = skip_done(items, done)
-    scan = Scan(items, config, store=store)
+    run: LocalRun | WorkerRun = (
+        WorkerRun(items, config, args.workers) if args.workers > 1
+        else LocalRun(items, config, store)
+    )
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
     received: list[int] = []
 
@@ -169,16 +177,16 @@ async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
             os._exit(128 + signum)
         received.append(signum)
         progress.note(f"signal {signal.Signals(signum).name}: stopping, finishing in-flight")
-        scan.stop()
+        run.stop()
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         with Output(args.output, append=args.resume) as out:
-            async for record in scan.records():
-                out.write(encode(record))
-                progress.count(record)
+            async for line in run.lines():
+                out.write(line.text)
+                progress.count(line.status, line.error_type)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

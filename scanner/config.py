@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from .gate import HandshakeGate
+
 LoopName = Literal["auto", "asyncio", "uvloop"]
 ResolverName = Literal["thread", "aiodns"]
 
@@ -33,8 +35,9 @@ class ScanConfig:
     rate:         new connections per second across the scan (None: unlimited)
     resolver:     "thread" (getaddrinfo on a wide thread pool) or "aiodns" (c-ares)
     resolver_threads: width of that thread pool
-    handshakes:   TLS handshakes allowed to run at once (None: derived from concurrency); a
-                  target waiting for one of these slots is not yet on the clock
+    handshakes:   TLS handshakes allowed in progress at once; None adapts the number to the
+                  measured CPU cost per handshake (gate.py). Waiting for a slot is not on
+                  the target's clock.
     """
 
     ports: tuple[int, ...] = DEFAULT_PORTS
@@ -76,13 +79,12 @@ class ScanConfig:
             if not proto or len(proto.encode()) > 255:
                 raise ConfigError(f"alpn: {proto!r} is not a valid protocol name")
 
-    @property
-    def handshake_slots(self) -> int:
-        """Handshakes in progress at once: enough to hide network latency, few enough that
-        none of them waits behind the others for the CPU long enough to time out."""
+    def handshake_gate(self) -> HandshakeGate:
+        """A fresh gate for one scan: fixed at --handshakes, else adaptive up to concurrency,
+        keeping the CPU work queued ahead of a handshake within a fifth of the deadline."""
         if self.handshakes is not None:
-            return self.handshakes
-        return min(self.concurrency, 256)
+            return HandshakeGate(self.handshakes, budget=self.timeout, fixed=True)
+        return HandshakeGate(self.concurrency, budget=min(self.timeout / 5, 1.0))
 
     def with_concurrency(self, concurrency: int) -> ScanConfig:
         return replace(self, concurrency=concurrency)

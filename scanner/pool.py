@@ -25,6 +25,8 @@ from .verify import TrustStore
 
 _DONE = None  # sentinel on both queues
 
+Result = tuple[Target | BadLine, Record]
+
 
 class RateLimiter:
     """At most `rate` new connections per second, spread evenly (a token bucket of one)."""
@@ -71,6 +73,12 @@ class Scan:
         self._stopping.set()
 
     async def records(self) -> AsyncIterator[Record]:
+        """The records, in completion order."""
+        async for _, record in self.results():
+            yield record
+
+    async def results(self) -> AsyncIterator[Result]:
+        """Each item with its record, in completion order (the item says which input it was)."""
         config = self._config
         resolver = make_resolver(config.resolver, config.resolver_threads)
         limiter = RateLimiter(config.rate) if config.rate else None
@@ -78,12 +86,12 @@ class Scan:
             capture_context(config.alpn),
             resolver,
             timeout=config.timeout,
-            handshake_slots=config.handshake_slots,
+            gate=config.handshake_gate(),
             retries=config.retries,
             before_connect=limiter.wait if limiter else None,
         )
         work: asyncio.Queue[Target | None] = asyncio.Queue(maxsize=config.concurrency * 2)
-        results: asyncio.Queue[Record | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+        results: asyncio.Queue[Result | None] = asyncio.Queue(maxsize=config.concurrency * 2)
         failure: list[BaseException] = []
 
         async def produce() -> None:
@@ -92,7 +100,7 @@ class Scan:
                     if self._stopping.is_set():
                         break
                     if isinstance(item, BadLine):
-                        await results.put(bad_line_record(item, now=datetime.now(UTC)))
+                        await results.put((item, bad_line_record(item, now=datetime.now(UTC))))
                     else:
                         await work.put(item)
             except Exception as exc:  # an input that fails mid-way (I/O error): fatal
@@ -105,7 +113,7 @@ class Scan:
             while (target := await work.get()) is not None:
                 if self._stopping.is_set():
                     continue  # drain without probing: a stopped scan takes no new targets
-                await results.put(await self._one(prober, target))
+                await results.put((target, await self._one(prober, target)))
 
         workers = [asyncio.create_task(work_loop()) for _ in range(config.concurrency)]
         producer = asyncio.create_task(produce())
@@ -119,10 +127,10 @@ class Scan:
         stop_waiter = asyncio.create_task(self._stopping.wait())
         try:
             while True:
-                record = await self._next(results, stop_waiter, tasks)
-                if record is None:
+                result = await self._next(results, stop_waiter)
+                if result is None:
                     break
-                yield record
+                yield result
             if failure:
                 raise failure[0]
         finally:
@@ -133,11 +141,8 @@ class Scan:
             resolver.close()
 
     async def _next(
-        self,
-        results: asyncio.Queue[Record | None],
-        stop_waiter: asyncio.Task[bool],
-        tasks: list[asyncio.Task[None]],
-    ) -> Record | None:
+        self, results: asyncio.Queue[Result | None], stop_waiter: asyncio.Task[bool]
+    ) -> Result | None:
         """The next record; after stop(), whatever finishes within the grace period."""
         if not stop_waiter.done():
             getter = asyncio.ensure_future(results.get())

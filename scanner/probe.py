@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ErrorType, ProbeError, Stage, classify
+from .gate import HandshakeGate
 from .resolve import Resolver
 from .targets import Target
 
@@ -88,8 +89,8 @@ class Clock:
 
 
 class Prober:
-    """Probes targets with shared, pre-built parts: one SSLContext, one resolver, one pool
-    of handshake slots. Safe to use from many tasks of one event loop."""
+    """Probes targets with shared, pre-built parts: one SSLContext, one resolver, one gate
+    on handshakes in progress. Safe to use from many tasks of one event loop."""
 
     def __init__(
         self,
@@ -97,14 +98,14 @@ class Prober:
         resolver: Resolver,
         *,
         timeout: float,
-        handshake_slots: int,
+        gate: HandshakeGate,
         retries: int = 0,
         before_connect: Callable[[], object] | None = None,
     ) -> None:
         self._context = context
         self._resolver = resolver
         self._timeout = timeout
-        self._slots = asyncio.Semaphore(handshake_slots)
+        self._gate = gate
         self._retries = retries
         self._before_connect = before_connect
 
@@ -143,7 +144,7 @@ class Prober:
             timings.connect = _ms(t0, clock)
 
             stage = Stage.HANDSHAKE
-            async with self._slots:
+            async with self._gate:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(clock.remaining()):
                     # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Any, TextIO
+from typing import TextIO
 
 _REFRESH = 0.5  # seconds between redraws of the live line
 
@@ -24,12 +24,11 @@ class Progress:
         self.by_status: Counter[str] = Counter()
         self.by_error: Counter[str] = Counter()
 
-    def count(self, record: dict[str, Any]) -> None:
+    def count(self, status: str, error_type: str | None) -> None:
         self.done += 1
-        self.by_status[record["status"]] += 1
-        error = record.get("error")
-        if error:
-            self.by_error[error["type"]] += 1
+        self.by_status[status] += 1
+        if error_type:
+            self.by_error[error_type] += 1
         if self._live:
             now = time.monotonic()
             if now - self._drawn >= _REFRESH:

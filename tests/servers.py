@@ -96,7 +96,7 @@ async def tls_server(
         finally:
             writer.transport.abort()
 
-    server = await asyncio.start_server(handle, host, 0, ssl=ctx)
+    server = await asyncio.start_server(handle, host, 0, ssl=ctx, backlog=4096)
     running.port = server.sockets[0].getsockname()[1]
     async with server:
         yield running
@@ -130,7 +130,7 @@ async def raw_server(behaviour: Behaviour, host: str | None = None) -> AsyncIter
             handlers.discard(task)
             writer.transport.abort()
 
-    server = await asyncio.start_server(handle, host, 0)
+    server = await asyncio.start_server(handle, host, 0, backlog=4096)
     running.port = server.sockets[0].getsockname()[1]
     try:
         yield running

@@ -149,9 +149,11 @@ async def _wait_for_lines(path: Path, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(("signum", "workers"), [
+    (signal.SIGTERM, "1"), (signal.SIGINT, "1"), (signal.SIGTERM, "2"), (signal.SIGINT, "2"),
+])
 async def test_a_signal_stops_cleanly_and_resume_finishes(
-    ca: trustme.CA, tmp_path: Path, signum: int
+    ca: trustme.CA, tmp_path: Path, signum: int, workers: str
 ) -> None:
     out = tmp_path / "out.jsonl"
     targets = tmp_path / "targets.txt"
@@ -161,6 +163,7 @@ async def test_a_signal_stops_cleanly_and_resume_finishes(
         targets.write_text("\n".join(lines) + "\n")
         process = await _start([
             "scan", str(targets), "-o", str(out), "--timeout", "60", "--concurrency", "10",
+            "--workers", workers,
         ])
         await _wait_for_lines(out, 5)
         stopped_at = time.monotonic()
@@ -194,11 +197,11 @@ async def test_resume_after_kill_9_repairs_a_torn_line(ca: trustme.CA, tmp_path:
         lines = [f"{good.target}"] * 30 + [quiet.target] * 20
         targets.write_text("\n".join(lines) + "\n")
         process = await _start([
-            "scan", str(targets), "-o", str(out), "--timeout", "60", "-c", "25",
+            "scan", str(targets), "-o", str(out), "--timeout", "60", "-c", "25", "-w", "2",
         ])
         await _wait_for_lines(out, 10)
         process.kill()
-        await process.wait()
+        await process.communicate()
         with out.open("ab") as stream:  # what a crash inside write(2) can leave behind
             stream.write(b'{"schema_version":1,"target":"torn')
         process = await _start([
@@ -247,3 +250,35 @@ async def test_fds_do_not_leak_across_failures() -> None:
         await scan_all(lines, timeout=0.2, concurrency=100)
     await asyncio.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= before + 3
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as stream:
+        return [int(child) for child in stream.read().split()]
+
+
+async def test_a_dead_worker_costs_its_targets_an_internal_record(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    targets = tmp_path / "targets.txt"
+    async with tls_server(server_context(ca.issue_cert("w.test"))) as good, \
+            raw_server(silent) as quiet:
+        lines = [good.target] * 10 + [quiet.target] * 20
+        targets.write_text("\n".join(lines) + "\n")
+        process = await _start([
+            "scan", str(targets), "-o", str(out), "--timeout", "3", "--workers", "2",
+        ])
+        await _wait_for_lines(out, 10)  # the good ones are done; 20 silent in flight
+        workers = _children(process.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        async with asyncio.timeout(20):
+            await process.communicate()
+    assert process.returncode == 0
+    final = _records(out)
+    assert Counter(r["target"] for r in final) == Counter(lines)
+    internal = [r for r in final if r["error"] and r["error"]["type"] == "internal"]
+    assert internal, "the killed worker's targets must still get their records"
+    assert all("worker process" in r["error"]["message"] for r in internal)
+    assert all(r["target"] == quiet.target for r in internal)

@@ -1,0 +1,90 @@
+"""How many TLS handshakes may be in progress at once, adapted to what the CPU can do.
+
+A textbook asyncio scanner at concurrency 2000 returns almost nothing over a slow network:
+every handshake's CPU work (key exchange, certificate parsing) interleaves with every
+other's, so all of them finish late together and hit their timeouts at once. The gate
+bounds the handshakes in progress so that the CPU work queued ahead of any one of them
+stays within a small share of the deadline: `budget / cpu_per_handshake`. The cost per
+handshake is measured as the scan runs (process CPU time over handshakes finished), so the
+limit follows the machine, the certificates and the key exchange actually met.
+
+Waiting at the gate is not on the target's clock (see probe.Clock): the wait is ours, not
+the server's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+_RETUNE_EVERY = 0.25  # seconds of wall time between estimates
+_MIN_SAMPLE = 16  # handshakes needed before an estimate is trusted
+_FLOOR = 16  # never fewer slots than this: latency must still be hidden
+
+
+class HandshakeGate:
+    """An asyncio semaphore whose size is retuned from measured CPU cost per handshake."""
+
+    def __init__(self, ceiling: int, *, budget: float, fixed: bool = False) -> None:
+        """ceiling: never more slots than this (the concurrency, or --handshakes).
+        budget: seconds of queued CPU work a handshake may find ahead of it.
+        fixed: keep `ceiling` slots and never retune (an explicit --handshakes)."""
+        self._ceiling = max(ceiling, 1)
+        self._budget = budget
+        self._fixed = fixed
+        self.limit = self._ceiling if fixed else min(self._ceiling, 64)
+        self._active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._finished = 0
+        self._mark_wall = time.monotonic()
+        self._mark_cpu = time.process_time()
+        self._mark_finished = 0
+
+    async def __aenter__(self) -> None:
+        if self._active >= self.limit or self._waiters:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append(future)
+            try:
+                await future
+            except BaseException:
+                if future.done() and not future.cancelled():
+                    self._release()  # we were handed a slot as we were cancelled: pass it on
+                else:
+                    self._waiters.remove(future)
+                raise
+        else:
+            self._active += 1
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._finished += 1
+        self._release()
+        if not self._fixed:
+            self._maybe_retune()
+
+    def _release(self) -> None:
+        self._active -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self._active < self.limit:
+            future = self._waiters.popleft()
+            if not future.done():
+                self._active += 1
+                future.set_result(None)
+
+    def _maybe_retune(self) -> None:
+        now = time.monotonic()
+        if now - self._mark_wall < _RETUNE_EVERY:
+            return
+        finished = self._finished - self._mark_finished
+        if finished < _MIN_SAMPLE:
+            return
+        cpu_now = time.process_time()
+        cpu = cpu_now - self._mark_cpu
+        self._mark_wall, self._mark_cpu, self._mark_finished = now, cpu_now, self._finished
+        per_handshake = max(cpu / finished, 1e-5)
+        wanted = int(self._budget / per_handshake)
+        # Move halfway toward the estimate: one noisy window must not swing the limit.
+        self.limit = max(min((self.limit + wanted) // 2, self._ceiling), _FLOOR)
+        self._wake()
