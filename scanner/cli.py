@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="at most N new connections per second (default: unlimited)")
     scan.add_argument("--resolver", choices=("thread", "aiodns"), default="thread",
                       help="thread: getaddrinfo on a wide pool (default); aiodns: c-ares")
-    scan.add_argument("--resolver-threads", type=int, default=64, metavar="N",
-                      help="threads for the thread resolver (default 64)")
+    scan.add_argument("--resolver-threads", type=int, default=256, metavar="N",
+                      help="threads for the thread resolver (default 256)")
+    scan.add_argument("--nameserver", action="append", default=[], metavar="IP[:PORT]",
+                      help="DNS server for --resolver aiodns (repeatable; default: the "
+                           "system's)")
     scan.add_argument("--handshakes", type=int, metavar="N",
                       help="TLS handshakes in progress at once (default: adapted to the "
                            "measured CPU cost per handshake)")
@@ -133,6 +136,7 @@ def _config(args: argparse.Namespace) -> ScanConfig:
             rate=args.rate,
             resolver=args.resolver,
             resolver_threads=args.resolver_threads,
+            nameservers=tuple(args.nameserver),
             handshakes=args.handshakes,
             loop=args.loop,
         )

@@ -35,6 +35,7 @@ class ScanConfig:
     rate:         new connections per second across the scan (None: unlimited)
     resolver:     "thread" (getaddrinfo on a wide thread pool) or "aiodns" (c-ares)
     resolver_threads: width of that thread pool
+    nameservers:  DNS servers for aiodns ("ip", "ip:port", "[v6]:port"); () is the system's
     handshakes:   TLS handshakes allowed in progress at once; None adapts the number to the
                   measured CPU cost per handshake (gate.py). Waiting for a slot is not on
                   the target's clock.
@@ -49,7 +50,8 @@ class ScanConfig:
     retries: int = 0
     rate: float | None = None
     resolver: ResolverName = "thread"
-    resolver_threads: int = 64
+    resolver_threads: int = 256
+    nameservers: tuple[str, ...] = ()
     handshakes: int | None = None
     loop: LoopName = "auto"
 
@@ -69,6 +71,8 @@ class ScanConfig:
             raise ConfigError(f"rate: must be a positive number per second, got {self.rate}")
         if self.resolver not in ("thread", "aiodns"):
             raise ConfigError(f"resolver: unknown resolver {self.resolver!r}")
+        if self.nameservers and self.resolver != "aiodns":
+            raise ConfigError("nameserver: only the aiodns resolver can be pointed at servers")
         if self.resolver_threads < 1:
             raise ConfigError("resolver_threads: must be at least 1")
         if self.handshakes is not None and self.handshakes < 1:

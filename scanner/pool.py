@@ -80,7 +80,7 @@ class Scan:
     async def results(self) -> AsyncIterator[Result]:
         """Each item with its record, in completion order (the item says which input it was)."""
         config = self._config
-        resolver = make_resolver(config.resolver, config.resolver_threads)
+        resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
         limiter = RateLimiter(config.rate) if config.rate else None
         prober = Prober(
             capture_context(config.alpn),

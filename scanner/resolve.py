@@ -2,17 +2,25 @@
 
 `loop.getaddrinfo` runs on the loop's default executor: uvloop's is libuv's pool of four
 threads, which at 50 ms per lookup caps a whole scan at ~40 names/s (DESIGN, "Decisions
-already measured"). We use a thread pool of our own, wide enough for the lookups in flight,
-and share one lookup between every target that names the same host (ports, SNI variants).
+already measured"). We use threads of our own, as many as the lookups in flight need, or
+c-ares (aiodns), which needs none; and every target that names the same host (ports, SNI
+variants) shares one lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import queue
 import socket
+import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import aiodns
 
 # Answers kept per name, most recent first out; enough for the ports and SNI variants of a
 # name to share one lookup, small enough that a million distinct names stay flat in memory.
@@ -21,7 +29,8 @@ _CACHE_SIZE = 4096
 
 class Resolver(Protocol):
     async def resolve(self, host: str) -> list[str]:
-        """The addresses of `host`, in the order the resolver prefers; raises gaierror."""
+        """The addresses of `host` (never empty), in the order the resolver prefers;
+        raises socket.gaierror when there are none."""
         ...
 
     def close(self) -> None: ...
@@ -34,96 +43,272 @@ class _Cache:
     """
 
     def __init__(self, size: int = _CACHE_SIZE) -> None:
+        if size < 1:
+            raise ValueError(f"cache size must be at least 1, got {size}")
         self._size = size
         self._entries: OrderedDict[str, asyncio.Future[list[str]]] = OrderedDict()
 
-    def get(self, host: str) -> asyncio.Future[list[str]] | None:
-        future = self._entries.get(host)
-        if future is not None:
-            self._entries.move_to_end(host)
-        return future
+    def __len__(self) -> int:
+        return len(self._entries)
 
-    def put(self, host: str, future: asyncio.Future[list[str]]) -> None:
+    async def resolve(
+        self, host: str, start: Callable[[str], Awaitable[list[str]]]
+    ) -> list[str]:
+        """The shared answer for `host`, starting the lookup with `start` if none is cached."""
+        future = self._entries.get(host)
+        # A cancelled lookup (the resolver was closed under it) is no answer: ask again.
+        if future is None or future.cancelled():
+            future = asyncio.ensure_future(start(host))
+            self._put(host, future)
+        else:
+            self._entries.move_to_end(host)
+        # shield: one target's deadline must not cancel a lookup others are waiting on. When
+        # every waiter has gone, shield still marks the lookup's exception as retrieved.
+        return list(await asyncio.shield(future))
+
+    def _put(self, host: str, future: asyncio.Future[list[str]]) -> None:
         self._entries[host] = future
+        self._entries.move_to_end(host)
         while len(self._entries) > self._size:
             _, old = self._entries.popitem(last=False)
             if old.done() and not old.cancelled():
                 old.exception()  # mark retrieved: an evicted failure is not "never retrieved"
 
 
-def _addresses(infos: list[tuple[object, ...]]) -> list[str]:
-    seen: dict[str, None] = {}
-    for info in infos:
-        sockaddr = info[4]
-        assert isinstance(sockaddr, tuple)
-        seen.setdefault(str(sockaddr[0]), None)
-    return list(seen)
+def _no_address(host: str) -> socket.gaierror:
+    return socket.gaierror(socket.EAI_NODATA, f"{host}: the name has no address")
+
+
+class _LookupThreads:
+    """Blocking getaddrinfo on daemon threads, started as lookups need them.
+
+    Not a ThreadPoolExecutor: at interpreter exit Python joins its workers even after
+    `shutdown(wait=False)`, so one lookup stuck on a silent name server (resolv.conf's
+    timeout times attempts, 10 s by default) would hold the finished scan's process open.
+    """
+
+    def __init__(self, threads: int) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self._max = threads
+        self._threads: list[threading.Thread] = []
+        self._idle = threading.Semaphore(0)
+        self._jobs: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[list[str]], str] | None
+        ] = queue.SimpleQueue()
+        self._closed = False
+
+    def submit(self, host: str) -> asyncio.Future[list[str]]:
+        if self._closed:
+            raise RuntimeError("the resolver is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[str]] = loop.create_future()
+        self._jobs.put((loop, future, host))
+        # A waiting thread takes the job; otherwise start one, up to the limit.
+        if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
+            thread = threading.Thread(
+                target=self._work, name=f"resolve-{len(self._threads)}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            loop, future, host = job
+            addresses: list[str] | None = None
+            error: Exception | None = None
+            try:
+                infos = socket.getaddrinfo(host, None, 0, socket.SOCK_STREAM)
+                addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+                if not addresses:
+                    error = _no_address(host)
+            except socket.gaierror as exc:
+                error = exc
+            except UnicodeError as exc:  # IDNA: a label over 63 characters, say
+                error = socket.gaierror(socket.EAI_NONAME, f"{host}: not a valid name ({exc})")
+            except Exception as exc:  # a bug, say: delivered to the waiting task, not lost
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, addresses, error)
+            self._idle.release()
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                loop, future, _ = job
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(future.cancel)
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+def _settle(
+    future: asyncio.Future[list[str]], addresses: list[str] | None, error: Exception | None
+) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert addresses is not None
+        future.set_result(addresses)
 
 
 class ThreadResolver:
-    """getaddrinfo on a dedicated, wide thread pool; honours /etc/hosts and nsswitch."""
+    """getaddrinfo on dedicated threads: honours /etc/hosts, nsswitch and resolv.conf
+    exactly as every other program on the machine does.
 
-    def __init__(self, threads: int = 64) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="resolve")
-        self._cache = _Cache()
+    threads: lookups that can wait on the name server at once; it bounds throughput at
+    about threads / (name server latency) names per second.
+    """
+
+    def __init__(self, threads: int = 64, *, cache_size: int = _CACHE_SIZE) -> None:
+        self._threads = _LookupThreads(threads)
+        self._cache = _Cache(cache_size)
 
     async def resolve(self, host: str) -> list[str]:
-        future = self._cache.get(host)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = asyncio.ensure_future(self._lookup(loop, host))
-            self._cache.put(host, future)
-        # shield: one target's deadline must not cancel a lookup others are waiting on.
-        return await asyncio.shield(future)
-
-    async def _lookup(self, loop: asyncio.AbstractEventLoop, host: str) -> list[str]:
-        infos = await loop.run_in_executor(
-            self._executor, socket.getaddrinfo, host, None, 0, socket.SOCK_STREAM
-        )
-        return _addresses(list(infos))
+        return await self._cache.resolve(host, self._threads.submit)
 
     def close(self) -> None:
-        # Lookups stuck in a slow resolver must not hold the process at exit.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        # Lookups still queued are cancelled; those in progress are left to their daemon
+        # threads, which cannot hold the process at exit.
+        self._threads.close()
+
+
+# c-ares status -> the getaddrinfo error code a caller of socket.getaddrinfo would see.
+_ARES_TO_EAI = {
+    "ARES_ENOTFOUND": socket.EAI_NONAME,  # NXDOMAIN
+    "ARES_ENONAME": socket.EAI_NONAME,
+    "ARES_EBADNAME": socket.EAI_NONAME,
+    "ARES_ENODATA": socket.EAI_NODATA,  # the name exists, with no address
+    "ARES_ETIMEOUT": socket.EAI_AGAIN,
+    "ARES_ESERVFAIL": socket.EAI_AGAIN,
+    "ARES_ECONNREFUSED": socket.EAI_AGAIN,
+    "ARES_EREFUSED": socket.EAI_FAIL,
+}
+
+
+def _nameserver(text: str) -> str:
+    """Check one "IP", "IP:PORT" or "[IPv6]:PORT"; c-ares takes the same syntax."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"nameserver {text!r}: expected [IPv6]:PORT")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"nameserver {text!r}: not an IP address") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"nameserver {text!r}: bad port {port!r}")
+    return text
 
 
 class AiodnsResolver:
-    """c-ares through aiodns: no threads, thousands of queries in flight."""
+    """c-ares through aiodns: no threads per lookup, thousands of queries in flight.
 
-    def __init__(self) -> None:
-        import aiodns  # optional dependency: `pip install certscan[aiodns]`
+    Resolves like getaddrinfo (c-ares reads /etc/hosts, resolv.conf's search domains and
+    options), without nsswitch modules such as mDNS or LDAP.
 
-        self._resolver = aiodns.DNSResolver()
-        self._cache = _Cache()
+    nameservers: "IP", "IP:PORT" or "[IPv6]:PORT" to ask instead of resolv.conf's.
+    timeout, tries: per-query timeout in seconds and attempts per server (None: c-ares's
+    defaults, from resolv.conf's options). The target's deadline still applies on top.
+    """
+
+    def __init__(
+        self,
+        nameservers: list[str] | None = None,
+        *,
+        timeout: float | None = None,
+        tries: int | None = None,
+        cache_size: int = _CACHE_SIZE,
+    ) -> None:
+        import aiodns  # noqa: F401 - optional dependency: fail here, not at the first lookup
+
+        self._nameservers = [_nameserver(server) for server in nameservers or ()]
+        self._timeout = timeout
+        self._tries = tries
+        self._cache = _Cache(cache_size)
+        # Made on first use, on the loop that runs the lookups: aiodns binds to a loop.
+        self._resolver: aiodns.DNSResolver | None = None
 
     async def resolve(self, host: str) -> list[str]:
-        future = self._cache.get(host)
-        if future is None:
-            future = asyncio.ensure_future(self._lookup(host))
-            self._cache.put(host, future)
-        return await asyncio.shield(future)
+        return await self._cache.resolve(host, self._lookup)
+
+    def _dns_resolver(self) -> aiodns.DNSResolver:
+        if self._resolver is None:
+            import aiodns
+
+            options: dict[str, float | int] = {}
+            if self._timeout is not None:
+                options["timeout"] = self._timeout
+            if self._tries is not None:
+                options["tries"] = self._tries
+            self._resolver = aiodns.DNSResolver(
+                self._nameservers or None, loop=asyncio.get_running_loop(), **options
+            )
+        return self._resolver
 
     async def _lookup(self, host: str) -> list[str]:
         import aiodns
 
         try:
-            result = await self._resolver.getaddrinfo(host, family=socket.AF_UNSPEC,
-                                                      type=socket.SOCK_STREAM)
+            result = await self._dns_resolver().getaddrinfo(
+                host, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+            )
         except aiodns.error.DNSError as exc:
-            code = exc.args[0] if exc.args else None
-            message = exc.args[1] if len(exc.args) > 1 else str(exc)
-            raise socket.gaierror(code, str(message)) from exc
-        return list(dict.fromkeys(str(node.addr[0]) for node in result.nodes))
+            raise _gaierror(host, exc) from exc
+        # c-ares gives addresses as bytes: (b"192.0.2.1", port) or (b"::1", port, flow, scope).
+        addresses = list(
+            dict.fromkeys(
+                node.addr[0].decode() if isinstance(node.addr[0], bytes) else str(node.addr[0])
+                for node in result.nodes
+            )
+        )
+        if not addresses:
+            raise _no_address(host)
+        return addresses
 
     def close(self) -> None:
-        close = getattr(self._resolver, "close", None)
-        if close is not None:
-            result = close()
-            if asyncio.iscoroutine(result):
-                result.close()
+        resolver, self._resolver = self._resolver, None
+        if resolver is None:
+            return
+        # aiodns 4's close() is a coroutine that never suspends (it cancels the pending
+        # queries and hands the channel to pycares' own shutdown thread), while our protocol's
+        # close() is synchronous: run it to its end right here. Should a later aiodns really
+        # wait in there, at least end the queries; the channel goes with the resolver.
+        closing = resolver.close()
+        try:
+            closing.send(None)
+        except StopIteration:
+            return
+        closing.close()
+        resolver.cancel()
 
 
-def make_resolver(kind: str, threads: int) -> Resolver:
+def _gaierror(host: str, exc: aiodns.error.DNSError) -> socket.gaierror:
+    import pycares
+
+    status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    name = pycares.errno.errorcode.get(status, "ARES_UNKNOWN") if status is not None else ""
+    text = exc.args[1] if len(exc.args) > 1 else str(exc)
+    code = _ARES_TO_EAI.get(name, socket.EAI_FAIL)
+    return socket.gaierror(code, f"{host}: {text} (c-ares {name or 'error'})")
+
+
+def make_resolver(kind: str, threads: int, nameservers: Sequence[str] = ()) -> Resolver:
+    """The scan's resolver. `nameservers` applies to aiodns only: getaddrinfo always asks
+    the system's (/etc/resolv.conf), which is what a thread pool can honour."""
     if kind == "aiodns":
-        return AiodnsResolver()
+        return AiodnsResolver(list(nameservers) or None)
     return ThreadResolver(threads)

@@ -76,6 +76,7 @@ def _config_from_json(text: str) -> ScanConfig:
     fields = json.loads(text)
     fields["ports"] = tuple(fields["ports"])
     fields["alpn"] = tuple(fields["alpn"])
+    fields["nameservers"] = tuple(fields["nameservers"])
     return ScanConfig(**fields)
 
 

@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 import scanner
+from dnsserver import dns_server
 from scanner import certs
 from schema import checked
 from servers import (
@@ -235,3 +236,22 @@ async def test_many_targets_each_get_exactly_one_record(ca: trustme.CA) -> None:
     statuses = sorted((r["target"], r["status"]) for r in records)
     assert statuses.count((good.target, "ok")) == 40
     assert statuses.count((quiet.target, "error")) == 40
+
+
+async def test_names_resolve_through_a_local_dns_server(ca: trustme.CA) -> None:
+    """Host-name targets end to end: our own DNS server on loopback (aiodns pointed at it),
+    a real TLS server at the address it gives; an unknown name is a `dns` error."""
+    async with tls_server(server_context(ca.issue_cert("www.scan.test"))) as server:
+        records = {"www.scan.test": [server.host]}
+        async with dns_server("127.53.0.7", zone="scan.test", records=records) as (_, port):
+            got = await scan_all(
+                [f"www.scan.test:{server.port}", f"missing.scan.test:{server.port}"],
+                resolver="aiodns", nameservers=(f"127.53.0.7:{port}",),
+            )
+    by_host = {r["host"]: r for r in got}
+    ok = by_host["www.scan.test"]
+    assert ok["status"] == "ok" and ok["ip"] == server.host and ok["sni"] == "www.scan.test"
+    assert ok["timing_ms"]["resolve"] is not None
+    missing = by_host["missing.scan.test"]
+    assert (missing["error"]["type"], missing["error"]["stage"]) == ("dns", "resolve")
+    assert missing["ip"] is None
