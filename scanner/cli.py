@@ -16,7 +16,7 @@ from .runtime import raise_nofile_limit, run_with_loop
 from .sink import Output, repair_and_index, skip_done
 from .targets import TargetError, parse_server_name, read_targets
 from .verify import TrustStore
-from .workers import LocalRun, WorkerRun
+from .workers import LocalRun, Worker, WorkerRun, fork_workers
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
@@ -164,14 +164,13 @@ def _inputs(args: argparse.Namespace) -> list[str]:
 
 
 async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
-                store: TrustStore | None) -> int:
+                store: TrustStore | None, workers: list[Worker]) -> int:
     done = repair_and_index(args.output) if args.resume else None
     items = read_targets(files, args.target, ports=config.ports, sni=config.sni)
     if done:
         items = skip_done(items, done)
     run: LocalRun | WorkerRun = (
-        WorkerRun(items, config, args.workers) if args.workers > 1
-        else LocalRun(items, config, store)
+        WorkerRun(items, config, workers) if workers else LocalRun(items, config, store)
     )
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
     received: list[int] = []
@@ -213,8 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if limit_note.clamped_to is not None:
         print(f"certscan: {limit_note.message}", file=sys.stderr)
         config = config.with_concurrency(limit_note.clamped_to)
+    # Workers are forked now, before this process has an event loop or a thread.
+    workers = fork_workers(args.workers, config, store) if args.workers > 1 else []
     try:
-        return run_with_loop(config.loop, _scan(args, config, files, store))
+        return run_with_loop(config.loop, _scan(args, config, files, store, workers))
     except KeyboardInterrupt:
         return 130
     except OSError as exc:

@@ -30,11 +30,14 @@ def item_key(item: Target | BadLine) -> int:
 
 
 class Output:
-    """Where records go. `path` "-" is standard output (no resume there)."""
+    """Where records go: a file, "-" for standard output (no resume there), or, with `fd`,
+    a descriptor we own (a worker's pipe to its parent)."""
 
-    def __init__(self, path: str, *, append: bool = False) -> None:
+    def __init__(self, path: str, *, append: bool = False, fd: int | None = None) -> None:
         self.path = path
-        if path == "-":
+        if fd is not None:
+            self._fd = fd
+        elif path == "-":
             self._fd = os.dup(1)  # our own descriptor: closing it leaves stdout alone
         else:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)

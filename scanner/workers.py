@@ -1,11 +1,12 @@
 """Running a scan: in this process, or shared out among worker processes (`--workers N`).
 
 One event loop drives one core; the client's OpenSSL work is what costs, so a scan uses
-every core by running N loops in N processes. The parent reads the targets, deals them
-out to the worker with the fewest in flight, and is the one writer of the output:
+every core by running N loops in N processes, forked before the parent starts its loop.
+The parent reads the targets, deals them out to the worker with the fewest in flight, and
+is the one writer of the output:
 
-    parent: targets --(stdin, one JSON line per target)--> worker 1..N
-    worker: Scan --(stdout, "tag status error_type record-json")--> parent --> Output
+    parent: targets --(pipe, one JSON line per target)--> worker 1..N
+    worker: Scan --(pipe, "tag status error_type record-json")--> parent --> Output
 
 The guarantees hold across processes: every target dealt out comes back as exactly one
 record (a worker that dies costs its in-flight targets an `internal` record each); a stop
@@ -16,8 +17,10 @@ grace period; `--resume` works on the single output file the parent writes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -68,60 +71,85 @@ class LocalRun:
             yield Line.of(record)
 
 
-def _config_json(config: ScanConfig) -> str:
-    return json.dumps(dataclasses.asdict(config))
-
-
-def _config_from_json(text: str) -> ScanConfig:
-    fields = json.loads(text)
-    fields["ports"] = tuple(fields["ports"])
-    fields["alpn"] = tuple(fields["alpn"])
-    fields["nameservers"] = tuple(fields["nameservers"])
-    return ScanConfig(**fields)
-
-
 def _target_json(tag: int, t: Target) -> bytes:
     fields = [tag, t.text, t.host, t.port, t.sni, t.ip, t.source, t.line]
     return (json.dumps(fields) + "\n").encode()
 
 
 @dataclass
-class _Worker:
+class Worker:
+    """A forked worker process and our ends of its two pipes."""
+
     index: int
-    process: asyncio.subprocess.Process
+    pid: int
+    targets_fd: int  # we write targets here
+    records_fd: int  # we read tagged records here
     pending: dict[int, Target] = dataclasses.field(default_factory=dict)
+    status: int | None = None
+
+
+def fork_workers(count: int, config: ScanConfig, store: TrustStore | None) -> list[Worker]:
+    """Start `count` workers. Call before any event loop or thread exists in this process:
+    a fork copies the imported modules and the loaded trust store for free (a fresh
+    interpreter would spend ~0.3 s of CPU importing them again), and forking is only safe
+    while this process is single-threaded."""
+    per_worker = dataclasses.replace(config, concurrency=max(config.concurrency // count, 1))
+    parent = os.getpid()
+    workers: list[Worker] = []
+    for index in range(count):
+        targets_r, targets_w = os.pipe()
+        records_r, records_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the parent's code
+            code = 1
+            try:
+                for fd in (targets_w, records_r):
+                    os.close(fd)
+                for worker in workers:  # the earlier workers' pipes are not ours
+                    os.close(worker.targets_fd)
+                    os.close(worker.records_fd)
+                _die_with_parent(parent)
+                run_with_loop(per_worker.loop, _serve(per_worker, store, targets_r, records_w))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(targets_r)
+        os.close(records_w)
+        workers.append(Worker(index, pid, targets_w, records_r))
+    return workers
 
 
 class WorkerRun:
-    """The scan shared out among `count` worker processes, each with its own event loop."""
+    """The scan shared out among forked worker processes, each with its own event loop."""
 
     def __init__(self, items: AsyncIterable[Target | BadLine], config: ScanConfig,
-                 count: int) -> None:
+                 workers: list[Worker]) -> None:
         self._items = items
-        self._count = count
-        per_worker = max(config.concurrency // count, 1)
-        self._worker_config = dataclasses.replace(config, concurrency=per_worker)
-        self._cap = per_worker * 2  # targets dealt to a worker and not yet answered
+        self._workers = workers
+        self._cap = max(config.concurrency // len(workers), 1) * 2  # dealt, not yet answered
         self._stopping = False
-        self._workers: list[_Worker] = []
 
     def stop(self) -> None:
         self._stopping = True
         for worker in self._workers:
-            if worker.process.returncode is None:
-                worker.process.send_signal(signal.SIGTERM)
+            if worker.status is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
 
     async def lines(self) -> AsyncIterator[Line]:
-        out: asyncio.Queue[Line | None] = asyncio.Queue(maxsize=self._count * self._cap)
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue[Line | None] = asyncio.Queue(maxsize=len(self._workers) * self._cap)
         credit = asyncio.Event()
-        config_arg = _config_json(self._worker_config)
-        for index in range(self._count):
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scanner.workers", config_arg, str(os.getpid()),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                limit=_LINE_LIMIT,
-            )
-            self._workers.append(_Worker(index, process))
+        writers: list[asyncio.StreamWriter] = []
+        readers: list[asyncio.StreamReader] = []
+        for worker in self._workers:
+            transport, protocol = await loop.connect_write_pipe(
+                asyncio.streams.FlowControlMixin, os.fdopen(worker.targets_fd, "wb", 0))
+            writers.append(asyncio.StreamWriter(transport, protocol, None, loop))
+            reader = asyncio.StreamReader(limit=_LINE_LIMIT)
+            await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader),
+                                         os.fdopen(worker.records_fd, "rb", 0))
+            readers.append(reader)
 
         async def deal() -> None:
             tag = 0
@@ -133,7 +161,9 @@ class WorkerRun:
                         await out.put(Line.of(bad_line_record(item, now=datetime.now(UTC))))
                         continue
                     while True:
-                        worker = min(self._workers, key=lambda w: len(w.pending))
+                        index = min(range(len(self._workers)),
+                                    key=lambda i: len(self._workers[i].pending))
+                        worker = self._workers[index]
                         if len(worker.pending) < self._cap or self._stopping:
                             break
                         credit.clear()
@@ -142,37 +172,33 @@ class WorkerRun:
                         break
                     tag += 1
                     worker.pending[tag] = item
-                    stdin = worker.process.stdin
-                    assert stdin is not None
-                    stdin.write(_target_json(tag, item))
-                    await stdin.drain()
+                    writers[index].write(_target_json(tag, item))
+                    await writers[index].drain()
             finally:
-                for worker in self._workers:
-                    if worker.process.stdin is not None:
-                        worker.process.stdin.close()
+                for writer in writers:
+                    writer.close()  # EOF: the worker finishes what it has, then exits
 
-        async def collect(worker: _Worker) -> None:
-            stdout = worker.process.stdout
-            assert stdout is not None
-            while raw := await stdout.readline():
+        async def collect(worker: Worker, reader: asyncio.StreamReader) -> None:
+            while raw := await reader.readline():
                 tag_text, status, error_type, text = raw.decode().split("\t", 3)
                 worker.pending.pop(int(tag_text), None)
                 credit.set()
                 await out.put(Line(text, status, None if error_type == "-" else error_type))
-            code = await worker.process.wait()
+            _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
             if worker.pending and not self._stopping:
                 # A worker that died (killed, a crash in C code): its targets still each
                 # get their one record, labelled as our failure, not the server's.
                 error = ProbeError(ErrorType.INTERNAL, Stage.SCAN,
-                                   f"worker process {worker.index} exited with status {code} "
-                                   "while this target was in flight")
+                                   f"worker process {worker.index} exited with status "
+                                   f"{worker.status} while this target was in flight")
                 for target in worker.pending.values():
                     await out.put(Line.of(error_record(target, error, now=datetime.now(UTC))))
             worker.pending.clear()
             credit.set()
 
         dealer = asyncio.create_task(deal())
-        collectors = [asyncio.create_task(collect(w)) for w in self._workers]
+        collectors = [asyncio.create_task(collect(w, r))
+                      for w, r in zip(self._workers, readers, strict=True)]
 
         async def close() -> None:
             await asyncio.gather(dealer, *collectors)
@@ -183,40 +209,45 @@ class WorkerRun:
             while (line := await out.get()) is not None:
                 yield line
             await closer  # re-raise a failure of the input, as the local run does
-            dealer.result()
         finally:
             for task in (dealer, *collectors, closer):
                 task.cancel()
             await asyncio.gather(dealer, *collectors, closer, return_exceptions=True)
             for worker in self._workers:
-                if worker.process.returncode is None:
-                    worker.process.kill()
-                    await worker.process.wait()
+                if worker.status is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        # Blocking, but a SIGKILLed child is reaped at once, and this runs
+                        # in cleanup, where awaiting a thread could itself be cancelled.
+                        os.waitpid(worker.pid, 0)  # noqa: ASYNC222
+                    worker.status = -1
 
 
-async def _serve(config: ScanConfig) -> None:
-    """A worker: targets from stdin, tagged records to stdout, until stdin ends or a stop."""
+async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
+                 records_fd: int) -> None:
+    """A worker: targets from the parent, tagged records back, until EOF or a stop."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=_LINE_LIMIT)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    tags: dict[int, tuple[Target, int]] = {}
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                 os.fdopen(targets_fd, "rb", 0))
+    tags: dict[int, int] = {}
 
     async def targets() -> AsyncIterator[Target | BadLine]:
         while raw := await reader.readline():
             tag, text, host, port, sni, ip, source, line = json.loads(raw)
             target = Target(text, host, port, sni, ip, source, line)
-            tags[id(target)] = (target, tag)
+            tags[id(target)] = tag  # the Scan holds the target until its record is out
             yield target
 
-    store = TrustStore.load(config.ca_bundle) if config.ca_bundle else None
     scan = Scan(targets(), config, store=store)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scan.stop)
     # Plain blocking writes of whole lines: the parent reads as fast as we write, and a full
     # pipe is exactly the back-pressure we want; nothing is left in a buffer at exit.
-    with Output("-") as out:
+    with Output("worker", fd=records_fd) as out:
         async for item, record in scan.results():
-            _, tag = tags.pop(id(item))
+            tag = tags.pop(id(item))
             error = record["error"]
             out.write(f"{tag}\t{record['status']}\t{error['type'] if error else '-'}\t"
                       f"{encode(record)}")
@@ -230,13 +261,3 @@ def _die_with_parent(parent: int) -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: the kernel kills us with the parent
     if os.getppid() != parent:  # the parent died before the line above took effect
         os._exit(1)
-
-
-def main() -> None:
-    config = _config_from_json(sys.argv[1])
-    _die_with_parent(int(sys.argv[2]))
-    run_with_loop(config.loop, _serve(config))
-
-
-if __name__ == "__main__":
-    main()
