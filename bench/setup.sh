@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install what bench/run.py needs; idempotent, and quick when everything is there.
+#   nginx (Debian's nginx-light, else nginx), GNU time, openssl, iproute2 (ip, tc),
+#   and certscan with its deps (cryptography, uvloop) into the chosen Python.
+# The Python is $PYTHON, else the one bench/run picks (see there).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(dirname "$here")
+# shellcheck source=bench/python.sh
+. "$here/python.sh"
+py=$(bench_python)
+
+sudo=""
+if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+
+missing=()
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/bin/time ] || missing+=(time)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || missing+=(iproute2)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]} with apt-get" >&2
+    $sudo apt-get update -qq
+    packages=()
+    for name in "${missing[@]}"; do
+        if [ "$name" = nginx ]; then packages+=(nginx-light); else packages+=("$name"); fi
+    done
+    # nginx-light is gone from newer Debian releases: fall back to the full package.
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" \
+        || $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            "${packages[@]/nginx-light/nginx}"
+fi
+
+if ! "$py" -c 'import cryptography, uvloop, scanner' >/dev/null 2>&1; then
+    echo "setup: pip install -e $repo into $py" >&2
+    "$py" -m pip install -q -e "$repo"
+fi
