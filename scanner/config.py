@@ -85,10 +85,11 @@ class ScanConfig:
 
     def handshake_gate(self) -> HandshakeGate:
         """A fresh gate for one scan: fixed at --handshakes, else adaptive up to concurrency,
-        keeping the CPU work queued ahead of a handshake within a fifth of the deadline."""
+        keeping the CPU work queued ahead of a handshake within half the deadline (the
+        other half is the server's: a few round trips and its own CPU)."""
         if self.handshakes is not None:
             return HandshakeGate(self.handshakes, budget=self.timeout, fixed=True)
-        return HandshakeGate(self.concurrency, budget=min(self.timeout / 5, 1.0))
+        return HandshakeGate(self.concurrency, budget=self.timeout / 2)
 
     def with_concurrency(self, concurrency: int) -> ScanConfig:
         return replace(self, concurrency=concurrency)

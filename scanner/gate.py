@@ -4,7 +4,7 @@ A textbook asyncio scanner at concurrency 2000 returns almost nothing over a slo
 every handshake's CPU work (key exchange, certificate parsing) interleaves with every
 other's, so all of them finish late together and hit their timeouts at once. The gate
 bounds the handshakes in progress so that the CPU work queued ahead of any one of them
-stays within a small share of the deadline: `budget / cpu_per_handshake`. The cost per
+stays within a share of the deadline: `budget / cpu_per_handshake` slots. The cost per
 handshake is measured as the scan runs (process CPU time over handshakes finished), so the
 limit follows the machine, the certificates and the key exchange actually met.
 
@@ -21,6 +21,9 @@ import time
 _RETUNE_EVERY = 0.25  # seconds of wall time between estimates
 _MIN_SAMPLE = 16  # handshakes needed before an estimate is trusted
 _FLOOR = 16  # never fewer slots than this: latency must still be hidden
+# Before the first measurement, assume this much CPU per handshake: about what a full
+# handshake plus its record costs on one core today (measured with bench/).
+_PRIOR_CPU = 0.002
 
 
 class HandshakeGate:
@@ -33,7 +36,8 @@ class HandshakeGate:
         self._ceiling = max(ceiling, 1)
         self._budget = budget
         self._fixed = fixed
-        self.limit = self._ceiling if fixed else min(self._ceiling, 64)
+        self.limit = self._ceiling if fixed else max(min(self._ceiling,
+                                                         int(budget / _PRIOR_CPU)), _FLOOR)
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._finished = 0

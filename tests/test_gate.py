@@ -1,0 +1,71 @@
+"""The handshake gate: a bound that holds, adapts to CPU cost, and survives cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from scanner.gate import HandshakeGate
+
+
+async def _through(gate: HandshakeGate, active: list[int], peak: list[int],
+                   burn: float = 0.0) -> None:
+    async with gate:
+        active[0] += 1
+        peak[0] = max(peak[0], active[0])
+        end = time.process_time() + burn
+        while time.process_time() < end:  # CPU work, as a handshake's key exchange
+            pass
+        await asyncio.sleep(0.001)
+        active[0] -= 1
+
+
+async def test_a_fixed_gate_never_exceeds_its_limit() -> None:
+    gate = HandshakeGate(7, budget=1.0, fixed=True)
+    active, peak = [0], [0]
+    await asyncio.gather(*(_through(gate, active, peak) for _ in range(200)))
+    assert peak[0] == 7
+    assert gate.limit == 7
+
+
+async def test_the_limit_shrinks_when_handshakes_cost_cpu() -> None:
+    gate = HandshakeGate(1000, budget=0.05)
+    start = gate.limit
+    active, peak = [0], [0]
+    # 3 ms of CPU per handshake against a 50 ms budget: about 16 slots are right.
+    await asyncio.gather(*(_through(gate, active, peak, burn=0.003) for _ in range(400)))
+    assert start == 25  # the prior (2 ms per handshake) before any measurement
+    assert 16 <= gate.limit < start
+
+
+async def test_the_limit_grows_when_handshakes_are_cheap() -> None:
+    gate = HandshakeGate(5000, budget=2.0)
+    start = gate.limit
+    active, peak = [0], [0]
+    deadline = time.monotonic() + 0.6  # a few retune windows of nearly free handshakes
+    while time.monotonic() < deadline:
+        await asyncio.gather(*(_through(gate, active, peak) for _ in range(200)))
+    assert gate.limit > start
+
+
+async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
+    gate = HandshakeGate(1, budget=1.0, fixed=True)
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with gate:
+            await release.wait()
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    waiters = [asyncio.create_task(_through(gate, [0], [0])) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    waiters[0].cancel()
+    release.set()
+    await holder
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert results[1:] == [None, None]
+    active, peak = [0], [0]
+    await asyncio.gather(*(_through(gate, active, peak) for _ in range(5)))
+    assert peak[0] == 1
