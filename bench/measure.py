@@ -14,8 +14,13 @@ Peak memory has two readings, both kept in the results:
   parent. GNU time is a small process, so the tool it starts inherits ~1 MB at most.
 - `tree_rss_mb`: every 50 ms we sum VmRSS over the started processes and all their
   descendants (found by walking /proc, refreshed every 0.5 s) and keep the highest sum.
-  Sampled, so a short spike can be missed, but it sees a whole process tree.
-The table reports the larger of the two.
+  Sampled, so a short spike can be missed, but it sees a whole process tree. It counts a
+  page shared by several processes (a forked worker's copy-on-write modules) once per
+  process, so it over-reports a tree of forked workers.
+- `tree_pss_mb`: the same sampling, summing Pss (proportional set size, from
+  /proc/PID/smaps_rollup): a shared page is split among the processes sharing it, so the
+  sum is what the tree really costs the machine.
+The table reports the larger of `maxrss_mb` and `tree_pss_mb`.
 """
 
 from __future__ import annotations
@@ -69,6 +74,18 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages divided among their sharers."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """user+sys so far of live processes (for servers we do not wait for: nginx, proxy)."""
     total = 0
@@ -98,6 +115,7 @@ class TreeRssSampler(threading.Thread):
         self.roots = list(roots)
         self.interval = interval
         self.peak = 0
+        self.peak_pss = 0
         self.started = time.monotonic()
         self._stop_event = threading.Event()
 
@@ -111,6 +129,7 @@ class TreeRssSampler(threading.Thread):
                 # Often at first, then every 0.5 s: a /proc walk costs CPU the tools share.
                 next_scan = now + (0.05 if now - self.started < 1 else 0.5)
             self.peak = max(self.peak, sum(rss_bytes(pid) for pid in pids))
+            self.peak_pss = max(self.peak_pss, sum(pss_bytes(pid) for pid in pids))
             self._stop_event.wait(self.interval)
 
     def stop(self) -> None:
@@ -143,11 +162,12 @@ class Measurement:
     cpu_s: float
     maxrss_mb: float
     tree_rss_mb: float
+    tree_pss_mb: float
     processes: list[ProcessResult] = field(default_factory=list)
 
     @property
     def peak_rss_mb(self) -> float:
-        return max(self.maxrss_mb, self.tree_rss_mb)
+        return max(self.maxrss_mb, self.tree_pss_mb)
 
 
 GNU_TIME = "/usr/bin/time"
@@ -224,5 +244,6 @@ class Runner:
             cpu_s=sum(r.cpu_s for r in results),
             maxrss_mb=sum(r.maxrss_mb for r in results),
             tree_rss_mb=sampler.peak / 2**20,
+            tree_pss_mb=sampler.peak_pss / 2**20,
             processes=results,
         )

@@ -74,6 +74,7 @@ class RunResult:
     peak_rss_mb: float
     maxrss_mb: float
     tree_rss_mb: float
+    tree_pss_mb: float
     ok: int
     total: int
     server_cpu_s: float
@@ -229,7 +230,8 @@ def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
     result = RunResult(
         tool=tool.name, rep=rep, wall_s=measurement.wall_s, cpu_s=measurement.cpu_s,
         peak_rss_mb=measurement.peak_rss_mb, maxrss_mb=measurement.maxrss_mb,
-        tree_rss_mb=measurement.tree_rss_mb, ok=counts["ok"],
+        tree_rss_mb=measurement.tree_rss_mb, tree_pss_mb=measurement.tree_pss_mb,
+        ok=counts["ok"],
         total=len(statuses) if tool.name == REFERENCE else len(setting.categories),
         server_cpu_s=server_cpu, other_cpu_pct=other_pct,
         exit_codes=[p.exit_code for p in measurement.processes],
@@ -250,7 +252,7 @@ def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
 
 NUMERIC = ("handshakes_per_s", "cpu_ms_per_handshake", "peak_rss_mb", "wall_s", "ok",
            "server_cpu_ms_per_handshake", "reachable_ok", "reachable_timeouts", "maxrss_mb",
-           "tree_rss_mb", "other_cpu_pct")
+           "tree_rss_mb", "tree_pss_mb", "other_cpu_pct")
 
 
 def summarise(results: list[RunResult]) -> dict[str, dict[str, Any]]:
