@@ -12,6 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ErrorType, ProbeError, Stage, classify
 from .gate import HandshakeGate
@@ -21,12 +22,14 @@ from .targets import Target
 
 @dataclass(frozen=True, slots=True)
 class Handshake:
-    """What a finished handshake tells us; `chain` is DER, leaf first, exactly as sent."""
+    """What a finished handshake tells us; `chain` is DER, leaf first, exactly as sent;
+    `native` the same certificates as OpenSSL objects (empty where unavailable)."""
 
     version: str | None
     cipher: str | None
     alpn: str | None
     chain: tuple[bytes, ...]
+    native: tuple[Any, ...] = ()
 
 
 @dataclass(slots=True)
@@ -58,18 +61,20 @@ class ProbeOutcome:
     timings: Timings = field(default_factory=Timings)
 
 
-def unverified_chain(ssl_object: ssl.SSLObject) -> tuple[bytes, ...]:
-    """The certificates as the server sent them, leaf first, in DER.
+def unverified_chain(ssl_object: ssl.SSLObject) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+    """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects).
 
-    Public as `SSLObject.get_unverified_chain()` from Python 3.13 (a list of DER bytes);
-    on 3.11/3.12 only the private `_sslobj` has it, returning `_ssl.Certificate` objects.
-    `getpeercert(True)` alone would give only the leaf.
+    The objects are `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during the
+    handshake; verify.py judges them without decoding them again. Only the private
+    `_sslobj.get_unverified_chain()` returns them (3.11 to 3.13; the public method added in
+    3.13 gives DER only). `getpeercert(True)` alone would give only the leaf.
     """
-    public = getattr(ssl_object, "get_unverified_chain", None)
-    if public is not None:
-        return tuple(bytes(der) for der in public() or ())
-    certs = ssl_object._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
-    return tuple(cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in certs or ())  # type: ignore[attr-defined]
+    private = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    if private is not None:
+        native = tuple(private() or ())
+        der = tuple(cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in native)  # type: ignore[attr-defined]
+        return der, native
+    return tuple(bytes(der) for der in ssl_object.get_unverified_chain() or ()), ()  # type: ignore[attr-defined]
 
 
 class Clock:
@@ -219,9 +224,11 @@ def _capture(writer: asyncio.StreamWriter) -> Handshake:
     if not isinstance(ssl_object, ssl.SSLObject):
         raise ProbeError(ErrorType.INTERNAL, Stage.CERTIFICATE, "no SSL object on the stream")
     cipher = ssl_object.cipher()
+    chain, native = unverified_chain(ssl_object)
     return Handshake(
         version=ssl_object.version(),
         cipher=cipher[0] if cipher else None,
         alpn=ssl_object.selected_alpn_protocol(),
-        chain=unverified_chain(ssl_object),
+        chain=chain,
+        native=native,
     )

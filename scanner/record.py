@@ -80,7 +80,8 @@ def probe_record(
                 record["certificate"] = certs.certificate_facts(handshake.chain[0], now=now)
                 record["chain"] = [certs.chain_entry(der) for der in handshake.chain]
                 if store is not None:
-                    verdict = verify_chain(handshake.chain, store, server_name=target.server_name)
+                    verdict = verify_chain(handshake.native or handshake.chain, store,
+                                           server_name=target.server_name)
                     record["validation"] = verdict.as_dict()
             except Exception as exc:  # a bug in our parsing, not the server's fault
                 record["error"] = internal(exc, Stage.CERTIFICATE).as_dict()

@@ -3,16 +3,23 @@
 Answered without a second connection by OpenSSL's own ``X509_verify_cert``, called through
 ctypes in the very libcrypto ``_ssl`` is linked against, with the parameters libssl's
 ``ssl_verify_cert_chain`` sets: the stdlib's verdict by construction, not by imitation.
+
+The chain may be DER bytes or the ``_ssl.Certificate`` objects a handshake already decoded
+(``ssl_object._sslobj.get_unverified_chain()``): those lend their ``X509`` directly, which
+skips ``d2i_X509``, by far the largest cost of a call under OpenSSL 3.0 (see ``_lend``).
 """
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import ctypes.util
 import functools
 import importlib
 import os
 import ssl
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -89,6 +96,9 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "OpenSSL_version_num": (ctypes.c_ulong, ()),
     "ERR_clear_error": (None, ()),  # keep failed loads out of _ssl's per-thread error queue
     "d2i_X509": (_P, (_P, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long)),
+    # i2d_X509(x, unsigned char **out); a NULL out asks for the length only.
+    "i2d_X509": (ctypes.c_int, (_P, ctypes.POINTER(ctypes.c_char_p))),
+    "X509_up_ref": (ctypes.c_int, (_P,)),
     "X509_free": (None, (_P,)),
     "X509_check_ca": (ctypes.c_int, (_P,)),
     # X509_check_host(x, name, namelen, flags, char **peername): peername unused (NULL).
@@ -179,13 +189,17 @@ def _bind() -> _OpenSSL:
         auth_level = int(libssl.SSL_CTX_get_security_level(ctx))
     finally:
         libssl.SSL_CTX_free(ctx)
-    # Verify flags as the running interpreter sets them: 3.11 sets only TRUSTED_FIRST; 3.13
-    # adds X509_STRICT | PARTIAL_CHAIN. create_default_context adds nothing to these.
+    # Verify flags as the running interpreter's create_default_context sets them: only
+    # TRUSTED_FIRST (the SSLContext default) on 3.11 and 3.12; 3.13 adds X509_STRICT and
+    # PARTIAL_CHAIN there, and only there (a bare SSLContext still has TRUSTED_FIRST alone),
+    # so the flags are read from a real default context. An empty capath keeps it from
+    # loading the system store (the flags do not depend on what it loads).
     # Host flags: names from the SAN only (DESIGN's contract, and what browsers do), so
     # NEVER_CHECK_SUBJECT (0x20) is set even though 3.11's default client still falls back
     # to the subject CN when a certificate has no DNS SAN (hostname_checks_common_name is
     # True there). NO_PARTIAL_WILDCARDS (0x4) is what _ssl always sets.
-    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    with tempfile.TemporaryDirectory() as empty:
+        client = ssl.create_default_context(capath=empty)
     host_flags = 0x4 | 0x20
     return _OpenSSL(crypto, auth_level, int(client.verify_flags), host_flags)
 
@@ -267,6 +281,115 @@ class TrustStore:
         return f"TrustStore({self.label!r}{', closed' if self._ptr is None else ''})"
 
 
+# -- lending the X509 inside an _ssl.Certificate ---------------------------------------------
+#
+# CPython's _ssl.Certificate (3.10 to 3.13 at least: Modules/_ssl.h, then Modules/_ssl/cert.c)
+# is
+#
+#     typedef struct { PyObject_HEAD  X509 *cert;  Py_hash_t hash; } PySSLCertificate;
+#
+# and owns one reference to `cert` (newCertificate takes it with X509_up_ref, the dealloc
+# drops it with X509_free) for as long as the Python object lives. `cert` is the X509 libssl
+# decoded from the server's Certificate message during the handshake.
+#
+# Where `cert` sits: PyObject_HEAD is a single `PyObject ob_base`, and object.__basicsize__
+# is sizeof(PyObject) (tp_basicsize of the base object type, which has nothing else): 16 on
+# a regular 64-bit build (ob_refcnt, ob_type), more under Py_TRACE_REFS or free threading.
+# PyObject holds pointers, so its alignment is at least a pointer's and its size (C pads a
+# struct to its alignment) a multiple of it: the X509* follows with no padding, at offset
+# object.__basicsize__.
+# The struct is then that plus a pointer plus a Py_hash_t (a Py_ssize_t), which must equal
+# Certificate.__basicsize__ (its tp_basicsize, sizeof(PySSLCertificate)). Any change to the
+# struct that moved `cert` would change that size, so the size is checked, together with
+# the name; then, once per process, the pointer itself (see _layout_holds).
+_X509_OFFSET = object.__basicsize__
+_CERTIFICATE_SIZE = (
+    _X509_OFFSET + ctypes.sizeof(ctypes.c_void_p) + ctypes.sizeof(ctypes.c_ssize_t)
+)
+# The once-per-process verdict on the layout ("ok" -> bool), taken on the first Certificate
+# seen. A dict rather than a global; two threads racing to fill it reach the same answer.
+_LAYOUT: dict[str, bool] = {}
+
+
+def _x509_in(cert: object) -> int:
+    """The X509* stored in ``cert``'s struct (no reference taken): only for vetted types."""
+    return ctypes.c_void_p.from_address(id(cert) + _X509_OFFSET).value or 0
+
+
+def _layout_holds(lib: ctypes.CDLL, cert: _ssl.Certificate) -> bool:
+    """Whether a Certificate's struct really holds its X509* at ``_X509_OFFSET``.
+
+    First what can be checked without touching the pointer: CPython (``id`` is an address
+    there, not elsewhere), the type's name, module and size as derived above. Only then is
+    the pointer read and dereferenced once, the decisive test: it must be non-NULL and
+    aligned, and OpenSSL's encoding of the X509 it points to must be byte for byte the DER
+    the object reports (``public_bytes`` is i2d_X509 of its own ``cert``, so this can only
+    hold if the pointer is that X509). i2d of a decoded certificate re-emits the encoding it
+    cached while decoding, so this costs a few microseconds, once.
+    """
+    cls = type(cert)
+    if (
+        sys.implementation.name != "cpython"
+        or cls is not _ssl.Certificate
+        or (cls.__module__, cls.__name__) != ("_ssl", "Certificate")
+        or cls.__basicsize__ != _CERTIFICATE_SIZE
+        or cls.__itemsize__ != 0
+    ):
+        return False
+    try:
+        expected = cert.public_bytes(_ssl.ENCODING_DER)
+    except Exception:  # no DER from the object itself: nothing to compare against
+        return False
+    ptr = _x509_in(cert)
+    if not ptr or ptr % ctypes.alignment(ctypes.c_void_p):
+        return False
+    size = lib.i2d_X509(ptr, None)
+    if size != len(expected):
+        return False
+    buffer = ctypes.create_string_buffer(size)
+    cursor = ctypes.c_char_p(ctypes.addressof(buffer))  # i2d advances it past what it wrote
+    return lib.i2d_X509(ptr, ctypes.byref(cursor)) == size and buffer.raw == expected
+
+
+def _lend(lib: ctypes.CDLL, item: object) -> int:
+    """A new reference to the X509 an ``_ssl.Certificate`` holds, or 0 to decode instead.
+
+    The caller frees it with X509_free, like a decoded one. ``item`` is held by the caller's
+    chain for the whole call, so its X509 cannot be freed between the read and the up_ref;
+    after that our own reference keeps it alive, whatever happens to ``item``.
+    """
+    # The only type trusted with a pointer read, by identity: it cannot be subclassed or
+    # instantiated from Python (no Py_TPFLAGS_BASETYPE, no tp_new), so an object whose type
+    # *is* _ssl.Certificate was made by _ssl itself, with the layout above.
+    if type(item) is not _ssl.Certificate:
+        return 0
+    ok = _LAYOUT.get("ok")
+    if ok is None:
+        ok = _LAYOUT["ok"] = _layout_holds(lib, item)
+    if not ok:
+        return 0
+    ptr = _x509_in(item)
+    # X509_up_ref returns 1 when it took a usable reference; 0 (never for a live X509)
+    # leaves nothing for us to free, and the DER path takes over.
+    return ptr if ptr and lib.X509_up_ref(ptr) == 1 else 0
+
+
+def _decode(lib: ctypes.CDLL, item: object, index: int) -> int:
+    """A new X509 decoded from DER: ``item`` itself, or what its ``public_bytes`` gives."""
+    der = item
+    if not isinstance(item, bytes):  # a Certificate not lent, or anything else exporting DER
+        export = getattr(item, "public_bytes", None)
+        der = export(_ssl.ENCODING_DER) if callable(export) else None
+    if not isinstance(der, bytes):
+        raise TypeError(f"certificate {index} of the chain is neither DER bytes nor an "
+                        f"_ssl.Certificate: {type(item).__name__}")
+    cursor = ctypes.c_char_p(der)  # d2i advances it; the bytes stay alive through `der`
+    cert: int | None = lib.d2i_X509(None, ctypes.byref(cursor), len(der))
+    if not cert:
+        raise ValueError(f"certificate {index} of the chain is not DER X.509")
+    return cert
+
+
 def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
     """Split "issuer not found" into the server's fault and the store's.
 
@@ -286,15 +409,23 @@ def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
 
 
 def verify_chain(
-    chain: Sequence[bytes], store: TrustStore, *, server_name: str | None,
+    chain: Sequence[bytes | _ssl.Certificate], store: TrustStore, *, server_name: str | None,
     at: datetime | None = None,
 ) -> Verdict:
-    """Verify ``chain`` (DER, leaf first, as the server sent it) for ``server_name``.
+    """Verify ``chain`` (leaf first, as the server sent it) for ``server_name``.
+
+    Each certificate is DER bytes or an ``_ssl.Certificate`` from
+    ``ssl_object._sslobj.get_unverified_chain()`` (any Python from 3.10; the public
+    ``get_unverified_chain`` of 3.13 returns DER). A Certificate lends the X509 the handshake
+    already decoded, which saves ``d2i_X509`` (~0.3 ms a certificate under OpenSSL 3.0);
+    the verdict is the same either way. Anything else with a ``public_bytes(ENCODING_DER)``
+    is decoded from that DER.
 
     ``server_name`` is what the client would pass as ``server_hostname`` (DNS name or IP
     literal); None checks the chain only and leaves ``hostname_match`` None. ``at`` (naive
     means UTC) replaces the current time. ValueError for an empty or undecodable chain and
-    for names the stdlib client itself refuses (empty, leading dot, not IDNA-encodable).
+    for names the stdlib client itself refuses (empty, leading dot, not IDNA-encodable);
+    TypeError for a chain item that is neither DER bytes nor a certificate object.
     """
     if not chain:
         raise ValueError("empty chain")
@@ -306,12 +437,9 @@ def verify_chain(
     certs: list[int] = []
     stack = ctx = None
     try:
-        for index, der in enumerate(chain):
-            cursor = ctypes.c_char_p(der)  # d2i advances it; bytes stay alive through it
-            cert = lib.d2i_X509(None, ctypes.byref(cursor), len(der))
-            if not cert:
-                raise ValueError(f"certificate {index} of the chain is not DER X.509")
-            certs.append(cert)
+        for index, item in enumerate(chain):
+            # Every entry of `certs` is a reference of our own, lent or decoded, freed below.
+            certs.append(_lend(lib, item) or _decode(lib, item, index))
         stack = lib.OPENSSL_sk_new_null()
         ctx = lib.X509_STORE_CTX_new()
         if not stack or not ctx:
@@ -343,7 +471,13 @@ def verify_chain(
         if code in _ISSUER_NOT_FOUND:
             reason = _issuer_reason(lib, ctx)
         match: bool | None = None
-        if name is not None and is_ip:
+        if name is not None and (ok or code in _NAME_ERRORS):
+            # Already answered, saving a call: a success includes check_id (X509_check_host
+            # on the leaf with these host flags, or the IP compare, where flags play no
+            # part), and 62/64 is exactly its failure. Any other error may have stopped
+            # X509_verify_cert before check_id ran, so those get the explicit check below.
+            match = ok
+        elif name is not None and is_ip:
             match = lib.X509_check_ip_asc(certs[0], name, ossl.host_flags) == 1
         elif name is not None:
             match = lib.X509_check_host(certs[0], name, len(name), ossl.host_flags, None) == 1

@@ -8,11 +8,13 @@ and ``ssl.create_default_context(cafile=roots)``.
 
 from __future__ import annotations
 
+import _ssl
 import contextlib
 import datetime as dt
 import functools
 import ipaddress
 import ssl
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -226,8 +228,11 @@ def scenarios() -> tuple[Scenario, ...]:
     s.append(_scenario("incomplete-chain", [leaf], [root], host, "incomplete_chain"))
     s.append(_scenario("bad-signature", [leaf, inter], [root], host, "bad_signature",
                        tamper=_flip_last_byte))
+    # 3.13's create_default_context sets VERIFY_X509_PARTIAL_CHAIN: a store certificate is
+    # then an anchor even when it is not a root.
+    partial = sys.version_info >= (3, 13)
     s.append(_scenario("store-holds-intermediate-only", [leaf], [inter], host,
-                       "untrusted_root"))
+                       None if partial else "untrusted_root"))
     other = issue("Other Root", ca=True)
     s.append(_scenario("untrusted-root", [leaf, inter], [other], host, "untrusted_root"))
 
@@ -298,33 +303,65 @@ class Handshake:
     verify_message: str
 
 
-def stdlib_verdict(scenario: Scenario) -> Handshake:
-    """What ``ssl.create_default_context(cafile=roots)`` says, over a real TLS handshake."""
-    with tempfile.TemporaryDirectory() as tmp:
-        chain_path, key_path = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
-        chain_path.write_bytes(b"".join(pem(der) for der in scenario.chain))
-        key_path.write_bytes(scenario.key_pem)
-        roots = scenario.write_roots(Path(tmp))
-        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_ctx.set_ciphers("ALL:@SECLEVEL=0")  # load and serve weak certificates too
-        server_ctx.load_cert_chain(chain_path, key_path)
-        client_ctx = ssl.create_default_context(cafile=str(roots))
-        # The contract judges names from the SAN only; 3.11's default would still read a
-        # CN when there is no DNS SAN.
-        client_ctx.hostname_checks_common_name = False
+def _server_context(scenario: Scenario, tmp: str) -> ssl.SSLContext:
+    """A SECLEVEL=0 server (so it can even load RSA-1024 or SHA-1 certificates) that sends
+    the scenario's chain exactly as listed."""
+    chain_path, key_path = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
+    chain_path.write_bytes(b"".join(pem(der) for der in scenario.chain))
+    key_path.write_bytes(scenario.key_pem)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.set_ciphers("ALL:@SECLEVEL=0")  # load and serve weak certificates too
+    server_ctx.load_cert_chain(chain_path, key_path)
+    return server_ctx
+
+
+def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, scenario: Scenario
+               ) -> ssl.SSLObject:
+    """Run an in-memory handshake to its end; the client's SSLObject (errors propagate)."""
     c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
     client = client_ctx.wrap_bio(c_in, c_out, server_hostname=scenario.server_name)
     server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
     for _ in range(10):
         try:
             client.do_handshake()
-            return Handshake(True, 0, "ok")
+            return client
         except ssl.SSLWantReadError:
             pass
-        except ssl.SSLCertVerificationError as exc:
-            return Handshake(False, exc.verify_code, exc.verify_message)
         s_in.write(c_out.read())
         with contextlib.suppress(ssl.SSLWantReadError):  # the server waits on the client
             server.do_handshake()
         c_in.write(s_out.read())
     raise AssertionError(f"{scenario.id}: handshake neither finished nor failed")
+
+
+def stdlib_verdict(scenario: Scenario) -> Handshake:
+    """What ``ssl.create_default_context(cafile=roots)`` says, over a real TLS handshake."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server_ctx = _server_context(scenario, tmp)
+        roots = scenario.write_roots(Path(tmp))
+        client_ctx = ssl.create_default_context(cafile=str(roots))
+        # The contract judges names from the SAN only; 3.11's default would still read a
+        # CN when there is no DNS SAN.
+        client_ctx.hostname_checks_common_name = False
+    try:
+        _handshake(client_ctx, server_ctx, scenario)
+    except ssl.SSLCertVerificationError as exc:
+        return Handshake(False, exc.verify_code, exc.verify_message)
+    return Handshake(True, 0, "ok")
+
+
+def handshake_certificates(scenario: Scenario) -> list[_ssl.Certificate]:
+    """The chain as a scanner receives it: ``_ssl.Certificate`` objects, leaf first.
+
+    A non-verifying client (as the scanner's probe is) completes an in-memory handshake with
+    the scenario's server; ``_sslobj.get_unverified_chain()`` then returns the certificates
+    libssl decoded from the server's Certificate message (the public method of 3.13 would
+    give DER). Nothing else keeps the handshake alive: the certificates own their X509s.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        server_ctx = _server_context(scenario, tmp)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.check_hostname, client_ctx.verify_mode = False, ssl.CERT_NONE
+    client = _handshake(client_ctx, server_ctx, scenario)
+    certs: list[_ssl.Certificate] = client._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
+    return certs

@@ -3,6 +3,7 @@ handshake with ``ssl.create_default_context(cafile=roots)``, and the two must ag
 
 from __future__ import annotations
 
+import _ssl
 import ctypes
 import datetime as dt
 import os
@@ -11,7 +12,7 @@ import ssl
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 import trustme
 
 import pki
+from scanner import verify
 from scanner.verify import TrustStore, Verdict, to_ssl_error, verify_chain
 
 SCENARIOS = {s.id: s for s in pki.scenarios()}
@@ -305,6 +307,26 @@ def _heap_in_use() -> int:
     return int(_MALLINFO2[0]().uordblks)
 
 
+def _assert_heap_flat(jobs: list[tuple[Sequence[bytes | _ssl.Certificate], str]],
+                      store: TrustStore) -> None:
+    """Windows of 200 verifications until one grows the heap by less than 16 bytes a call."""
+    if not Path("/proc/self/statm").exists():
+        pytest.skip("needs Linux")
+    growth = []
+    for _window in range(12):
+        before = _heap_in_use()
+        for _ in range(200 // len(jobs)):
+            for chain, name in jobs:
+                verify_chain(chain, store, server_name=name)
+        growth.append(_heap_in_use() - before)
+        if growth[-1] < 16 * 200:
+            return
+    pytest.fail(f"the heap grew in every window of 200 verifications: {growth}")
+
+
+_LEAK_JOBS = ("wrong-host", "untrusted-root", "bad-signature")
+
+
 def test_no_leak(store_for: dict[str, TrustStore]) -> None:
     # OpenSSL 3.0 parses a certificate in ~0.3 ms (openssl#19119), so 20k verifications would
     # take ~20 s. Instead count malloc's bytes in use, which sees even the smallest object we
@@ -312,19 +334,246 @@ def test_no_leak(store_for: dict[str, TrustStore]) -> None:
     # grow for the first thousand or so calls, then the heap stays flat to the byte; a leak
     # grows it in every window. So: windows of 200 verifications (success, name, "issuer not
     # found" and signature paths) until one grows the heap by less than 16 bytes a call.
-    if not Path("/proc/self/statm").exists():
-        pytest.skip("needs Linux")
-    store = store_for["wrong-host"]
-    jobs = [SCENARIOS[i] for i in ("wrong-host", "untrusted-root", "bad-signature")]
-    jobs.append(pki.Scenario("ok", SCENARIOS["wrong-host"].chain, b"", b"", "base.example.org",
-                             None))
-    growth = []
-    for _window in range(12):
-        before = _heap_in_use()
-        for _ in range(50):
-            for s in jobs:
-                verify_chain(s.chain, store, server_name=s.server_name)
-        growth.append(_heap_in_use() - before)
-        if growth[-1] < 16 * 200:
-            return
-    pytest.fail(f"the heap grew in every window of 200 verifications: {growth}")
+    jobs = [(SCENARIOS[i].chain, SCENARIOS[i].server_name) for i in _LEAK_JOBS]
+    jobs.append((SCENARIOS["wrong-host"].chain, "base.example.org"))
+    _assert_heap_flat(jobs, store_for["wrong-host"])
+
+
+def test_no_leak_with_certificate_objects(
+    store_for: dict[str, TrustStore], received: dict[str, list[_ssl.Certificate]],
+) -> None:
+    # The same windows over the handshake's certificates (the lending path). A reference
+    # taken and never given back costs no heap while the certificate lives; that is what
+    # test_lending_gives_every_reference_back checks.
+    jobs: list[tuple[Sequence[bytes | _ssl.Certificate], str]] = [
+        (received[i], SCENARIOS[i].server_name) for i in _LEAK_JOBS]
+    jobs.append((received["wrong-host"], "base.example.org"))
+    _assert_heap_flat(jobs, store_for["wrong-host"])
+
+
+# -- _ssl.Certificate objects from a handshake -----------------------------------------------
+#
+# verify_chain may take the handshake's own certificates and borrow the X509 inside each
+# instead of decoding DER (see scanner/verify.py, _lend). Same verdicts, no d2i_X509, and
+# every reference it takes is given back.
+
+
+@pytest.fixture(scope="module")
+def received() -> dict[str, list[_ssl.Certificate]]:
+    """Scenario id -> the chain a non-verifying client received, as _ssl.Certificate."""
+    return {sid: pki.handshake_certificates(s) for sid, s in SCENARIOS.items()}
+
+
+@pytest.fixture
+def d2i_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts d2i_X509 calls made by verify_chain (one entry per call)."""
+    lib = verify._bind().crypto
+    real = lib.d2i_X509
+    calls: list[int] = []
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(lib, "d2i_X509", counting)
+    return calls
+
+
+def _der(certs: list[_ssl.Certificate]) -> list[bytes]:
+    return [c.public_bytes(_ssl.ENCODING_DER) for c in certs]
+
+
+def test_the_layout_check_passes_on_this_interpreter(
+    received: dict[str, list[_ssl.Certificate]],
+) -> None:
+    # The struct-offset reasoning of verify.py, on the running CPython.
+    assert object.__basicsize__ == verify._X509_OFFSET
+    assert _ssl.Certificate.__basicsize__ == verify._CERTIFICATE_SIZE
+    lib = verify._bind().crypto
+    for certs in received.values():
+        assert all(verify._layout_holds(lib, c) for c in certs)
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
+def test_certificate_objects_get_the_same_verdict(
+    scenario: pki.Scenario, store_for: dict[str, TrustStore],
+    received: dict[str, list[_ssl.Certificate]], d2i_calls: list[int],
+) -> None:
+    # Every scenario (trusted, expired, hostname mismatch, untrusted root, incomplete chain,
+    # bad signature, ...): the handshake's certificates judge exactly like their DER, which
+    # is what the stdlib client said (test_agrees_with_the_stdlib_client).
+    certs = received[scenario.id]
+    assert _der(certs) == scenario.chain  # the server sent the chain as listed
+    store = store_for[scenario.id]
+    lent = verify_chain(certs, store, server_name=scenario.server_name)
+    assert d2i_calls == []  # nothing decoded: every X509 was the handshake's own
+    from_der = verify_chain(scenario.chain, store, server_name=scenario.server_name)
+    assert len(d2i_calls) == len(scenario.chain)
+    assert lent == from_der
+    assert lent.reason == scenario.reason
+    assert verify_chain(certs, store, server_name=None) == verify_chain(
+        scenario.chain, store, server_name=None)
+
+
+def test_certificate_objects_and_der_can_mix(
+    store_for: dict[str, TrustStore], received: dict[str, list[_ssl.Certificate]],
+    d2i_calls: list[int],
+) -> None:
+    s = SCENARIOS["long-chain"]
+    certs = received[s.id]
+    mixed: list[bytes | _ssl.Certificate] = [certs[0], s.chain[1], certs[2], s.chain[3]]
+    verdict = verify_chain(mixed, store_for[s.id], server_name=s.server_name)
+    assert verdict.trusted
+    assert len(d2i_calls) == 2
+
+
+class Certificate:  # a look-alike: same name, module and size as _ssl's
+    """Passes every check by name and size; only its type's identity gives it away."""
+
+    __slots__ = ("_der", "_hash")
+    __module__ = "_ssl"
+
+    def __init__(self, der: bytes) -> None:
+        self._der, self._hash = der, -1
+
+    def public_bytes(self, encoding: int) -> bytes:
+        assert encoding == _ssl.ENCODING_DER
+        return self._der
+
+
+def test_look_alikes_are_decoded_not_trusted(
+    store_for: dict[str, TrustStore], d2i_calls: list[int],
+) -> None:
+    assert (Certificate.__name__, Certificate.__module__) == ("Certificate", "_ssl")
+    assert Certificate.__basicsize__ == _ssl.Certificate.__basicsize__
+    for sid in ("wildcard-match", "expired-leaf", "incomplete-chain"):
+        s = SCENARIOS[sid]
+        fakes = [Certificate(der) for der in s.chain]
+        assert verify._lend(verify._bind().crypto, fakes[0]) == 0  # no pointer read
+        before = len(d2i_calls)
+        verdict = verify_chain(fakes, store_for[sid], server_name=s.server_name)  # type: ignore[arg-type]
+        assert len(d2i_calls) - before == len(s.chain)  # fell back to its DER
+        assert verdict == verify_chain(s.chain, store_for[sid], server_name=s.server_name)
+
+
+def test_a_failed_layout_check_falls_back_to_der(
+    monkeypatch: pytest.MonkeyPatch, store_for: dict[str, TrustStore],
+    received: dict[str, list[_ssl.Certificate]], d2i_calls: list[int],
+) -> None:
+    s = SCENARIOS["expired-leaf"]
+    expected = verify_chain(s.chain, store_for[s.id], server_name=s.server_name)
+    d2i_calls.clear()
+    monkeypatch.setitem(verify._LAYOUT, "ok", False)  # as if this CPython's struct differed
+    verdict = verify_chain(received[s.id], store_for[s.id], server_name=s.server_name)
+    assert verdict == expected
+    assert len(d2i_calls) == len(s.chain)
+
+
+def test_the_layout_check_rejects_what_does_not_match(
+    monkeypatch: pytest.MonkeyPatch, received: dict[str, list[_ssl.Certificate]],
+) -> None:
+    lib = verify._bind().crypto
+    leaf, other = received["wrong-host"][0], received["p256-chain"][0]
+    assert verify._layout_holds(lib, leaf)
+    # A pointer to some other X509: its encoding is not the object's DER.
+    other_x509 = verify._x509_in(other)
+    with monkeypatch.context() as m:
+        m.setattr(verify, "_x509_in", lambda cert: other_x509)
+        assert not verify._layout_holds(lib, leaf)
+    # A struct of another size: rejected before any pointer is read.
+    with monkeypatch.context() as m:
+        m.setattr(verify, "_CERTIFICATE_SIZE", verify._CERTIFICATE_SIZE + 8)
+        m.setattr(verify, "_x509_in", lambda cert: pytest.fail("pointer read"))
+        assert not verify._layout_holds(lib, leaf)
+    with monkeypatch.context() as m:
+        m.setattr(verify.sys.implementation, "name", "pypy")
+        assert not verify._layout_holds(lib, leaf)
+    # The verdict is taken once and cached: a False one sends every Certificate to DER.
+    monkeypatch.setitem(verify._LAYOUT, "ok", True)  # so that undo restores what was there
+    monkeypatch.delitem(verify._LAYOUT, "ok")
+    monkeypatch.setattr(verify, "_CERTIFICATE_SIZE", verify._CERTIFICATE_SIZE + 8)
+    assert verify._lend(lib, leaf) == 0
+    assert verify._LAYOUT["ok"] is False
+
+
+def test_items_that_are_not_certificates_raise(store_for: dict[str, TrustStore]) -> None:
+    s = SCENARIOS["wildcard-match"]
+    with pytest.raises(TypeError, match="certificate 1 of the chain"):
+        verify_chain([s.chain[0], "not a certificate"], store_for[s.id],  # type: ignore[list-item]
+                     server_name=s.server_name)
+
+
+_CRYPTO_EX_INDEX_X509 = 3  # openssl/crypto.h
+# CRYPTO_EX_free: void (*)(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+# void *argp). Kept alive for the whole process: OpenSSL holds on to the function pointer.
+_EX_FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                            ctypes.c_int, ctypes.c_long, ctypes.c_void_p)
+_FREE_CALLBACKS: list[object] = []
+
+
+@pytest.fixture
+def x509_frees() -> Iterator[tuple[Callable[[int], None], list[int]]]:
+    """(mark, freed): mark(x509) tags an X509; freed lists tagged X509s as OpenSSL frees them.
+
+    An ex_data index with a free callback: OpenSSL calls it from X509_free when the last
+    reference goes (for every X509 while registered; only tagged ones are recorded), so
+    "freed" means the reference count reached zero, exactly. Unregistered afterwards.
+    """
+    lib = verify._bind().crypto
+    new_index = lib.CRYPTO_get_ex_new_index
+    new_index.restype = ctypes.c_int
+    new_index.argtypes = (ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
+                          ctypes.c_void_p, _EX_FREE)
+    set_ex = lib.X509_set_ex_data
+    set_ex.restype, set_ex.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_int,
+                                                     ctypes.c_void_p)
+    drop_index = lib.CRYPTO_free_ex_index
+    drop_index.restype, drop_index.argtypes = ctypes.c_int, (ctypes.c_int, ctypes.c_int)
+    freed: list[int] = []
+
+    def on_free(parent: int | None, ptr: int | None, *_: object) -> None:
+        if ptr:  # only X509s we tagged carry a value at our index
+            freed.append(parent or 0)
+
+    callback = _EX_FREE(on_free)
+    _FREE_CALLBACKS.append(callback)
+    index = new_index(_CRYPTO_EX_INDEX_X509, 0, None, None, None, callback)
+    assert index >= 0
+
+    def mark(x509: int) -> None:
+        assert set_ex(x509, index, 1) == 1
+
+    try:
+        yield mark, freed
+    finally:
+        assert drop_index(_CRYPTO_EX_INDEX_X509, index) == 1  # callbacks become no-ops
+
+
+def test_lending_gives_every_reference_back(
+    store_for: dict[str, TrustStore],
+    x509_frees: tuple[Callable[[int], None], list[int]],
+) -> None:
+    # X509_up_ref for each lent certificate, X509_free for each after the verification:
+    # while the Certificate objects live their X509s must survive every call (one free too
+    # many would free them under the objects), and once the objects go the X509s must be
+    # freed (one up_ref too many would keep them forever).
+    mark, freed = x509_frees
+    lib = verify._bind().crypto
+    jobs = [SCENARIOS[i] for i in (*_LEAK_JOBS, "long-chain", "expired-leaf",
+                                   "incomplete-chain")]
+    chains = [pki.handshake_certificates(s) for s in jobs]  # the handshakes are gone
+    tagged = {verify._x509_in(c) for chain in chains for c in chain}
+    assert len(tagged) == sum(len(chain) for chain in chains)
+    for x509 in tagged:
+        mark(x509)
+    verdicts = []
+    for _ in range(50):
+        for s, chain in zip(jobs, chains, strict=True):
+            verdicts.append(verify_chain(chain, store_for[s.id], server_name=s.server_name))
+            assert freed == []
+    assert {v.reason for v in verdicts} == {None, "hostname_mismatch", "untrusted_root",
+                                           "bad_signature", "expired", "incomplete_chain"}
+    assert verify._lend(lib, chains[0][0]) != 0  # the lending path is the one exercised
+    lib.X509_free(verify._x509_in(chains[0][0]))  # (and give that reference back too)
+    del chains, chain  # the last one, still bound by the loop
+    assert sorted(freed) == sorted(tagged)
