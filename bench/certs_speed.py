@@ -7,9 +7,10 @@
 Three kinds of leaf: the fleet's ECDSA P-256 leaves with an IP SAN (bench/out/fleet, made
 here with the same shape when missing), trustme leaves (ECDSA P-256, DNS SAN), and RSA-2048
 leaves under an RSA-2048 intermediate. Each timed loop cycles through --distinct different
-leaves (more than the module's name cache holds), so a leaf's subject is never a cache hit,
-as in a real scan; the issuer and the intermediate repeat, as they do in a real scan. The
-machine may be busy: compare versions in one run (--baseline), not across runs.
+leaves, more than the module's caches hold (1024 names, 256 chain entries), so a leaf is
+never a cache hit, as in a real scan; issuers and intermediates repeat, as in a real scan,
+so chain_entry(issuer) is. The machine may be busy: compare versions in one run
+(--baseline), not across runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import datetime as dt
 import importlib.util
 import ipaddress
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -38,13 +38,16 @@ NOW = dt.datetime.now(dt.UTC)
 
 def load_module(source: str, label: str) -> ModuleType:
     """scanner.certs from a file, or from a git revision ("git:HEAD")."""
-    if source.startswith("git:"):
-        text = subprocess.run(["git", "-C", str(REPO), "show", f"{source[4:]}:scanner/certs.py"],
-                              check=True, capture_output=True, text=True).stdout
-        path = Path(tempfile.mkdtemp()) / "certs.py"
-        path.write_text(text)
-    else:
-        path = Path(source)
+    if not source.startswith("git:"):
+        return load_file(Path(source), label)
+    text = subprocess.run(["git", "-C", str(REPO), "show", f"{source[4:]}:scanner/certs.py"],
+                          check=True, capture_output=True, text=True).stdout
+    with tempfile.TemporaryDirectory() as scratch:
+        (Path(scratch) / "certs.py").write_text(text)
+        return load_file(Path(scratch) / "certs.py", label)
+
+
+def load_file(path: Path, label: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"certs_{label}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -56,40 +59,43 @@ def der(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.DER)
 
 
-def issue(subject: x509.Name, issuer: x509.Name, key: object, signer: object, serial: int,
-          san: list[x509.GeneralName] | None, ca: bool) -> x509.Certificate:
-    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
-               .public_key(key.public_key())  # type: ignore[attr-defined]
-               .serial_number(serial)
-               .not_valid_before(NOW - dt.timedelta(days=1))
-               .not_valid_after(NOW + dt.timedelta(days=365))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if san:
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    builder = builder.add_extension(  # type: ignore[assignment]
-        x509.SubjectKeyIdentifier.from_public_key(key.public_key()),  # type: ignore[attr-defined]
-        critical=False)
-    return builder.sign(signer, hashes.SHA256())  # type: ignore[arg-type]
-
-
 def name(cn: str, org: str = "certscan bench") -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def issue(subject: x509.Name, issuer: x509.Name, key: Key, signer: Key, *,
+          san: list[x509.GeneralName] | None = None) -> bytes:
+    """A CA certificate, or with `san` a server leaf, with the usual extensions."""
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(NOW - dt.timedelta(days=1))
+               .not_valid_after(NOW + dt.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=not san, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                              critical=False))
+    if san:
+        builder = (builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False))
+    return der(builder.sign(signer, hashes.SHA256()))
+
+
 def fleet_kind(count: int) -> tuple[list[bytes], bytes]:
-    leaves = sorted(FLEET.glob("leaves/leaf-*.pem"), key=lambda p: int(p.stem[5:]))[:count]
-    if len(leaves) >= count and (FLEET / "ca.pem").exists():
-        ca = x509.load_pem_x509_certificate((FLEET / "ca.pem").read_bytes())
-        return ([der(x509.load_pem_x509_certificate(p.read_bytes())) for p in leaves], der(ca))
+    """bench/out/fleet's leaves and CA, or ones made the same way."""
+    paths = sorted(FLEET.glob("leaves/leaf-*.pem"), key=lambda p: int(p.stem[5:]))[:count]
+    if len(paths) >= count and (FLEET / "ca.pem").exists():
+        return ([der(x509.load_pem_x509_certificate(p.read_bytes())) for p in paths],
+                der(x509.load_pem_x509_certificate((FLEET / "ca.pem").read_bytes())))
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = issue(name("certscan bench CA"), name("certscan bench CA"), ca_key, ca_key, 1, None, True)
-    return ([der(issue(name(f"127.88.{i // 250 + 1}.{i % 250 + 1}"), ca.subject, key, ca_key,
-                       x509.random_serial_number(),
-                       [x509.IPAddress(ipaddress.ip_address(f"127.88.{i // 250 + 1}.{i % 250 + 1}"))],
-                       False)) for i in range(count)], der(ca))
+    ca_name = name("certscan bench CA")
+    addresses = [f"127.88.{i // 250 + 1}.{i % 250 + 1}" for i in range(count)]
+    return ([issue(name(address), ca_name, key, ca_key,
+                   san=[x509.IPAddress(ipaddress.ip_address(address))]) for address in addresses],
+            issue(ca_name, ca_name, ca_key, ca_key))
 
 
 def trustme_kind(count: int) -> tuple[list[bytes], bytes]:
@@ -103,14 +109,13 @@ def trustme_kind(count: int) -> tuple[list[bytes], bytes]:
 
 
 def rsa_kind(count: int) -> tuple[list[bytes], bytes]:
+    """RSA-2048 leaves (one key, to save time) under an RSA-2048 intermediate."""
     root_key, inter_key, key = (rsa.generate_private_key(public_exponent=65537, key_size=2048)
                                 for _ in range(3))
-    root_name, inter_name = name("Bench Root R1", "Bench Trust"), name("Bench TLS R2", "Bench Trust")
-    inter = issue(inter_name, root_name, inter_key, root_key, 2, None, True)
-    return ([der(issue(name(f"www{i}.example.com", "Example Ltd"), inter_name, key, inter_key,
-                       x509.random_serial_number(),
-                       [x509.DNSName(f"www{i}.example.com"), x509.DNSName("example.com")],
-                       False)) for i in range(count)], der(inter))
+    root, inter = name("Bench Root R1", "Bench Trust"), name("Bench TLS R2", "Bench Trust")
+    return ([issue(name(f"www{i}.example.com", "Example Ltd"), inter, key, inter_key,
+                   san=[x509.DNSName(f"www{i}.example.com"), x509.DNSName("example.com")])
+             for i in range(count)], issue(inter, root, inter_key, root_key))
 
 
 def per_call_ms(function: Callable[[object], object], items: list[object], calls: int) -> float:
@@ -125,7 +130,7 @@ def workloads(module: ModuleType, leaves: list[bytes], issuer: bytes
     """What each row times: a function of one item, and the items it cycles through."""
     facts = module.certificate_facts
     entry = getattr(module, "leaf_entry", None)
-    return {
+    return {  # the scanner: certificate_facts(chain[0]), leaf_entry, chain_entry(the rest)
         "certificate_facts(leaf)": (lambda der: facts(der, now=NOW), list(leaves)),
         "chain_entry(leaf)": (module.chain_entry, list(leaves)),
         "chain_entry(issuer)": (module.chain_entry, [issuer]),
@@ -148,7 +153,8 @@ def main() -> None:
     kinds = {"fleet-p256-ip": fleet_kind, "trustme-p256": trustme_kind,
              "rsa2048+intermediate": rsa_kind}
     print(f"ms per call, CPU time, best of {args.reps} x {args.calls} calls")
-    print(f"{'certificate':<22} {'function':<26}" + "".join(f"{m:>9}" for m in modules))
+    ratio = " new/old" if "old" in modules else ""
+    print(f"{'certificate':<22} {'function':<25}" + "".join(f"{m:>9}" for m in modules) + ratio)
     for kind, make in kinds.items():
         leaves, issuer = make(args.distinct)
         loads = {label: workloads(module, leaves, issuer) for label, module in modules.items()}
@@ -157,10 +163,13 @@ def main() -> None:
             for _ in range(args.reps):  # interleaved, so a burst of load hits all versions
                 for label in modules:
                     work = loads[label][row]
-                    best[label] = min(best[label], per_call_ms(*work, args.calls)
-                                      if work else float("nan"))
-            print(f"{kind:<22} {row:<26}" + "".join(f"{best[m]:9.4f}" for m in modules))
-            sys.stdout.flush()
+                    if work:
+                        best[label] = min(best[label], per_call_ms(*work, args.calls))
+            cells = "".join(f"{best[m]:9.4f}" if best[m] < float("inf") else f"{'n/a':>9}"
+                            for m in modules)
+            if ratio and best["old"] < float("inf"):
+                cells += f"{best['new'] / best['old']:8.2f}"
+            print(f"{kind:<22} {row:<25}{cells}", flush=True)
 
 
 if __name__ == "__main__":

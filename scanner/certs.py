@@ -7,32 +7,41 @@ small DER walk (`_layout`): it refuses a whole certificate over one odd string i
 Latin-1 in a T61String, so names are decoded here and a refused certificate is retried with
 its names blanked; and it parses all extensions at once, so an extension fact is re-read
 alone when another extension is malformed.
+
+This runs once per scanned target, so: the walk skips what cryptography has checked, names
+are decoded without building x509.Name objects (several times slower), and bounded caches
+keep what repeats across targets (issuer names, intermediate certificates).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
+import re
+import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar, overload
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x25519
-from cryptography.x509.oid import ExtensionOID, NameOID
+from cryptography.x509.oid import ExtensionOID
 
 T = TypeVar("T")
 
 _FACT_KEYS = ("pem", "sha256", "sha1", "spki_sha256", "serial", "subject", "issuer", "san",
               "not_before", "not_after", "days_left", "key", "signature_algorithm",
               "self_signed", "is_ca")
+_CHAIN_KEYS = ("pem", "sha256", "subject", "issuer", "not_after")
+_DAY = timedelta(days=1)
 
 
 def der_to_pem(der: bytes) -> str:
     """PEM text for any bytes; they need not parse."""
     text = base64.b64encode(der).decode("ascii")
-    body = "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+    body = "".join([text[i:i + 64] + "\n" for i in range(0, len(text), 64)])
     return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
 
 
@@ -50,43 +59,93 @@ def certificate_facts(der: bytes, *, now: datetime) -> dict[str, object]:
 
 def chain_entry(der: bytes) -> dict[str, object]:
     """The short form for a chain certificate: pem, sha256, subject, issuer, not_after."""
-    return _facts(der, ("pem", "sha256", "subject", "issuer", "not_after"), None)
+    # Every leaf of a CA comes with the same intermediates: keep their entries, but not of
+    # certificates so large that a hostile server could fill memory with them.
+    small = type(der) is bytes and len(der) <= 4096  # a bytearray cannot be a cache key
+    return leaf_entry(_kept_chain_entry(der) if small else _facts(der, _CHAIN_KEYS, None))
+
+
+def leaf_entry(facts: dict[str, object]) -> dict[str, object]:
+    """chain_entry(der) from certificate_facts(der, ...), so that the leaf (chain[0]) is not
+    parsed twice."""
+    return {key: dict(value) if isinstance(value, dict) else value  # no dict shared by both
+            for key, value in ((key, facts[key]) for key in _CHAIN_KEYS)}
+
+
+@functools.lru_cache(maxsize=256)  # 2.5 MB at most, pem included
+def _kept_chain_entry(der: bytes) -> dict[str, object]:
+    return _facts(der, _CHAIN_KEYS, None)
 
 
 def _facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
     # cryptography *warns* about RFC 5280 violations it still parses (negative serials,
     # over-long CN or country); we report such certificates as they are, and under `-W error`
-    # a warning would become an exception that costs the field. Before Python 3.14 this
-    # swaps process-wide filters: call from one thread (the event loop), not from a pool.
-    with warnings.catch_warnings(action="ignore", category=UserWarning):
-        layout = _field(lambda: _layout(der))
-        parsed = _parse(der, layout)
-        cert = parsed.cert if parsed else None
-        readers: dict[str, Callable[[], object]] = {  # lazy: chain_entry wants only a few
-            "pem": lambda: der_to_pem(der),
-            "sha256": lambda: hashlib.sha256(der).hexdigest(),
-            "sha1": lambda: hashlib.sha1(der).hexdigest(),
-            "spki_sha256": lambda: hashlib.sha256(der[_need(layout).spki]).hexdigest(),
-            "serial": lambda: _serial(der[_need(layout).serial]),
-            "subject": lambda: _name_facts(_name(der, _need(layout).subject)),
-            "issuer": lambda: _name_facts(_name(der, _need(layout).issuer)),
-            "san": lambda: _san(_need(parsed)),
-            "not_before": lambda: _iso(_need(cert).not_valid_before_utc),
-            "not_after": lambda: _iso(_need(cert).not_valid_after_utc),
-            "days_left": lambda: (_need(cert).not_valid_after_utc - _utc(_need(now)))
-            // timedelta(days=1),
-            "key": lambda: _key(_need(cert)),
-            "signature_algorithm": lambda: _oid_name(_need(cert).signature_algorithm_oid),
-            "self_signed": lambda: _self_signed(_need(parsed)),
-            "is_ca": lambda: _is_ca(_need(parsed)),
-        }
-        return {key: _json_safe(_field(readers[key])) for key in keys}
+    # a warning would become an exception that costs the field. So UserWarnings are ignored
+    # meanwhile, in process-wide filters: call from one thread (the event loop), not a pool.
+    if getattr(sys.flags, "context_aware_warnings", False):  # 3.14+: filters per context
+        with warnings.catch_warnings(action="ignore", category=UserWarning):
+            return _read(der, keys, now)
+    # What catch_warnings does, at a fraction of its cost: put an "ignore" filter first and
+    # take it out again. It skips warnings' private _filters_mutated(), which only makes
+    # warnings shown once show again, and "ignore" records none.
+    filters: list[object] = warnings.filters  # type: ignore[assignment]
+    filters.insert(0, _IGNORE_USER_WARNINGS)
+    try:
+        return _read(der, keys, now)
+    finally:
+        filters.remove(_IGNORE_USER_WARNINGS)  # the first equal one: ours
 
 
-def _field(compute: Callable[[], T]) -> T | None:
+_IGNORE_USER_WARNINGS = ("ignore", None, UserWarning, None, 0)  # as simplefilter makes it
+
+
+def _read(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
+    reading = _Reading(der, now)
+    return {key: _field(_READERS[key], reading) for key in keys}
+
+
+class _Reading:
+    """One certificate as cryptography and the walk read it; facts are read from it lazily."""
+
+    __slots__ = ("cert", "der", "layout", "names", "now", "parsed")
+
+    def __init__(self, der: bytes, now: datetime | None) -> None:
+        self.der, self.now = der, now
+        self.names: dict[str, _Name] = {}
+        self.layout, self.parsed = _parse(der)
+        self.cert = self.parsed.cert if self.parsed else None
+
+    def name(self, which: str) -> _Name:  # "subject" or "issuer"; decoded once per call
+        if which not in self.names:
+            element = getattr(_need(self.layout), which)
+            self.names[which] = _name(self.der[element[1]:element[3]])
+        return self.names[which]
+
+
+_READERS: dict[str, Callable[[_Reading], object]] = {  # lazy: chain_entry wants only a few
+    "pem": lambda r: der_to_pem(r.der),
+    "sha256": lambda r: hashlib.sha256(r.der).hexdigest(),
+    "sha1": lambda r: hashlib.sha1(r.der).hexdigest(),
+    "spki_sha256": lambda r: hashlib.sha256(r.der[_need(r.layout).spki]).hexdigest(),
+    "serial": lambda r: _serial(r.der[_need(r.layout).serial]),
+    # Only names and SANs hold text from the certificate: they pass through _json_safe.
+    "subject": lambda r: r.name("subject").facts(),
+    "issuer": lambda r: r.name("issuer").facts(),
+    "san": lambda r: _san(_need(r.parsed)),
+    "not_before": lambda r: _iso(_need(r.cert).not_valid_before_utc),
+    "not_after": lambda r: _iso(_need(r.cert).not_valid_after_utc),
+    "days_left": lambda r: (_need(r.cert).not_valid_after_utc - _utc(_need(r.now))) // _DAY,
+    "key": lambda r: _key(_need(r.cert)),
+    "signature_algorithm": lambda r: _oid_name(_need(r.cert).signature_algorithm_oid),
+    "self_signed": lambda r: _self_signed(_need(r.parsed), r),
+    "is_ca": lambda r: _is_ca(_need(r.parsed)),
+}
+
+
+def _field(compute: Callable[..., T], *args: object) -> T | None:
     """One fact, computed in isolation: bad input costs this fact, not the record."""
     try:
-        return compute()
+        return compute(*args)
     except Exception:  # cryptography raises ValueError, TypeError, its own types, ...
         return None
 
@@ -99,49 +158,55 @@ def _need(value: T | None) -> T:
 
 # --- a DER walk: just enough to find the serial, names, key and extension OIDs ---
 
-class _Tlv(NamedTuple):
-    tag: int
-    pos: int  # of the tag byte
-    start: int  # of the contents
-    end: int
+# (tag, pos of the tag byte, start of the contents, end); plain tuples: a NamedTuple costs
+# several times more to make, and names are walked for every certificate.
+_Element = tuple[int, int, int, int]
 
 
 class _Layout(NamedTuple):
-    tbs: slice  # the signed bytes
+    tbs: _Element  # the signed bytes
     serial: slice  # contents of the INTEGER
-    issuer: _Tlv
-    subject: _Tlv
+    issuer: _Element
+    subject: _Element
     spki: slice
-    extension_oids: list[_Tlv]
+    optional: list[_Element]  # after the key: unique IDs, extensions
 
 
-def _children(der: bytes, parent: _Tlv) -> list[_Tlv]:
+def _inside(der: bytes, parent: _Element) -> list[_Element]:
     """The DER elements that make up parent's contents."""
-    found, pos = [], parent.start
-    while pos < parent.end:
+    found, pos, end = [], parent[2], parent[3]
+    while pos < end:
         tag, length, start = der[pos], der[pos + 1], pos + 2
         if tag & 0x1F == 0x1F:
             raise ValueError("multi-byte tags do not occur in the parts read here")
         if length & 0x80:  # long form: the low bits count the length bytes that follow
             size = length & 0x7F
             length, start = int.from_bytes(der[start:start + size]), start + size
-        if start + length > parent.end:
+        if start + length > end:
             raise ValueError("DER element overruns its parent")
-        found.append(_Tlv(tag, pos, start, start + length))
+        found.append((tag, pos, start, start + length))
         pos = start + length
     return found
 
 
-def _layout(der: bytes) -> _Layout:
-    tbs = _children(der, _children(der, _Tlv(0, 0, 0, len(der)))[0])[0]
-    fields = _children(der, tbs)
-    if fields[0].tag == 0xA0:  # explicit version; absent in v1 certificates
+def _layout(der: bytes, *, checked: bool) -> _Layout:
+    """Where the parts are. Unless cryptography has `checked` the DER (extensions included),
+    the extensions must walk as well: a certificate whose do not is not worth a retry."""
+    tbs = _inside(der, _inside(der, (0, 0, 0, len(der)))[0])[0]
+    fields = _inside(der, tbs)
+    if fields[0][0] == 0xA0:  # explicit version; absent in v1 certificates
         fields.pop(0)
     serial, _, issuer, _, subject, spki, *optional = fields
-    oids = [_children(der, extension)[0] for block in optional if block.tag == 0xA3
-            for extension in _children(der, _children(der, block)[0])]
-    return _Layout(slice(tbs.pos, tbs.end), slice(serial.start, serial.end), issuer, subject,
-                   slice(spki.pos, spki.end), oids)
+    layout = _Layout(tbs, slice(serial[2], serial[3]), issuer, subject,
+                     slice(spki[1], spki[3]), optional)
+    if not checked:
+        _extension_oids(der, layout)
+    return layout
+
+
+def _extension_oids(der: bytes, layout: _Layout) -> list[_Element]:
+    return [_inside(der, extension)[0] for block in layout.optional if block[0] == 0xA3
+            for extension in _inside(der, _inside(der, block)[0])]
 
 
 def _serial(contents: bytes) -> str:
@@ -150,23 +215,68 @@ def _serial(contents: bytes) -> str:
     return ("-" if number < 0 else "") + digits.zfill(len(digits) + len(digits) % 2)
 
 
-def _attributes(der: bytes, name: _Tlv) -> Iterator[list[tuple[_Tlv, _Tlv]]]:
+def _attributes(der: bytes, name: _Element) -> list[list[tuple[_Element, _Element]]]:
     """Each RDN of a Name as (type OID, value) pairs."""
-    for rdn in _children(der, name):
-        yield [(oid, value) for oid, value in (_children(der, atv) for atv in _children(der, rdn))]
+    return [[(oid, value) for oid, value in (_inside(der, atv) for atv in _inside(der, rdn))]
+            for rdn in _inside(der, name)]
 
 
-def _name(der: bytes, name: _Tlv) -> x509.Name:
-    return x509.Name([x509.RelativeDistinguishedName([
-        # _validate=False: real certificates break cryptography's limits (CN > 64 characters)
-        x509.NameAttribute(x509.ObjectIdentifier(_dotted(der[oid.start:oid.end])),
-                           _text(value.tag, der[value.start:value.end]), _validate=False)
-        for oid, value in rdn]) for rdn in _attributes(der, name) if rdn])
+class _Name(NamedTuple):
+    rfc4514: str
+    cn: str | None
+    rdns: tuple[frozenset[tuple[x509.ObjectIdentifier, str]], ...]  # equal as x509.Name is
+
+    def facts(self) -> dict[str, object]:  # a new dict each time: callers may change theirs
+        return {"rfc4514": self.rfc4514, "cn": self.cn}
 
 
-def _name_facts(name: x509.Name) -> dict[str, object]:
-    cns = name.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return {"rfc4514": name.rfc4514_string(), "cn": str(cns[0].value) if cns else None}
+def _name(der: bytes) -> _Name:
+    """A Name, from its DER element. Issuers repeat (every leaf of a CA has the same one, the
+    subject of the next certificate in the chain), so names are kept, unless hostile-large."""
+    return _kept_name(der) if type(der) is bytes and len(der) <= 1024 else _read_name(der)
+
+
+def _read_name(der: bytes) -> _Name:
+    """What an x509.Name of the decoded values would give, without building one:
+    rfc4514_string(), the first CN, and equality."""
+    rdns, sets = [], []
+    for pairs in _attributes(der, _inside(der, (0, 0, 0, len(der)))[0]):
+        if pairs:  # x509.Name holds no empty RDN
+            rdn = [(_attribute_type(bytes(der[oid[2]:oid[3]])),  # bytes: a bytearray has no hash
+                    _text(value[0], der[value[2]:value[3]])) for oid, value in pairs]
+            sets.append(unique := frozenset((kind.oid, value) for kind, value in rdn))
+            if len(unique) != len(rdn):
+                raise ValueError("duplicate attributes in an RDN")  # x509 refuses them too
+            rdns.append(rdn)
+    rfc4514 = ",".join("+".join(_rfc4514(kind, value) for kind, value in rdn)
+                       for rdn in reversed(rdns))
+    cn = next((value for rdn in rdns for kind, value in rdn if kind.label == "CN"), None)
+    return _Name(_json_safe(rfc4514), None if cn is None else _json_safe(cn), tuple(sets))
+
+
+_kept_name = functools.lru_cache(maxsize=1024)(_read_name)  # at most 5 MB
+
+
+class _AttributeType(NamedTuple):
+    oid: x509.ObjectIdentifier
+    label: str  # in RFC 4514 strings: "CN", "O", ... or the dotted OID
+
+
+@functools.lru_cache(maxsize=256)  # a few types recur; bounded against hostile ones
+def _attribute_type(oid: bytes) -> _AttributeType:
+    identifier = x509.ObjectIdentifier(_dotted(oid))
+    label = x509.NameAttribute(identifier, "xx", _validate=False).rfc4514_attribute_name
+    return _AttributeType(identifier, label)
+
+
+# Values that RFC 4514 never escapes; cryptography writes any other.
+_PLAIN = re.compile(r"[\w.*@:/()'-]+(?: +[\w.*@:/()'-]+)*", re.ASCII)
+
+
+def _rfc4514(kind: _AttributeType, value: str) -> str:
+    if _PLAIN.fullmatch(value):
+        return f"{kind.label}={value}"
+    return x509.NameAttribute(kind.oid, value, _validate=False).rfc4514_string()
 
 
 def _dotted(oid: bytes) -> str:
@@ -200,24 +310,27 @@ class _Parsed(NamedTuple):
     layout: _Layout | None
 
 
-def _parse(der: bytes, layout: _Layout | None) -> _Parsed | None:
+def _parse(der: bytes) -> tuple[_Layout | None, _Parsed | None]:
     try:
-        return _Parsed(der, der, x509.load_der_x509_certificate(der), layout)
+        cert = x509.load_der_x509_certificate(der)
     except Exception:
-        if layout is None:
-            return None
+        pass
+    else:
+        layout = _field(lambda: _layout(der, checked=True))
+        return layout, _Parsed(der, der, cert, layout)
+    layout = _field(lambda: _layout(der, checked=False))
+    return layout, _field(lambda: _blanked(der, _need(layout)))
 
+
+def _blanked(der: bytes, layout: _Layout) -> _Parsed:
     # Names are decoded from `layout`, so blank them for cryptography. Lengths stay the same,
     # and so every offset in `layout`; the signature no longer matches (see _self_signed).
-    def blanked() -> _Parsed:
-        loaded = bytearray(der)
-        for name in (_need(layout).issuer, _need(layout).subject):
-            for _, value in (pair for rdn in _attributes(der, name) for pair in rdn):
-                loaded[value.pos] = 0x0C  # UTF8String
-                loaded[value.start:value.end] = b"?" * (value.end - value.start)
-        return _Parsed(der, bytes(loaded), x509.load_der_x509_certificate(bytes(loaded)), layout)
-
-    return _field(blanked)
+    loaded = bytearray(der)
+    for name in (layout.issuer, layout.subject):
+        for _, value in (pair for rdn in _attributes(der, name) for pair in rdn):
+            loaded[value[1]] = 0x0C  # UTF8String
+            loaded[value[2]:value[3]] = b"?" * (value[3] - value[2])
+    return _Parsed(der, bytes(loaded), x509.load_der_x509_certificate(bytes(loaded)), layout)
 
 
 def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionType | None:
@@ -228,10 +341,11 @@ def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionTyp
         # Give every other extension a unique private OID of the same length, so that
         # cryptography leaves it unparsed, and read this one alone.
         isolated = bytearray(parsed.loaded)
-        for index, other in enumerate(_need(parsed.layout).extension_oids):
-            size, dotted = other.end - other.start, _dotted(parsed.der[other.start:other.end])
+        for index, (_, _, start, end) in enumerate(_extension_oids(parsed.der,
+                                                                   _need(parsed.layout))):
+            size, dotted = end - start, _dotted(parsed.der[start:end])
             if size >= 3 and index < 128 and dotted != oid.dotted_string:
-                isolated[other.start:other.end] = bytes([0x2A, *[0x81] * (size - 3), 1, index])
+                isolated[start:end] = bytes([0x2A, *[0x81] * (size - 3), 1, index])
         extensions = x509.load_der_x509_certificate(bytes(isolated)).extensions
     try:
         return extensions.get_extension_for_oid(oid).value
@@ -239,13 +353,18 @@ def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionTyp
         return None
 
 
+_SAN_KINDS: dict[type, str] = {x509.DNSName: "dns", x509.IPAddress: "ip",
+                               x509.RFC822Name: "email", x509.UniformResourceIdentifier: "uri"}
+
+
 def _san(parsed: _Parsed) -> dict[str, list[str]]:
     san = _extension(parsed, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
-    names = san if isinstance(san, x509.SubjectAlternativeName) else x509.SubjectAlternativeName([])
-    return {"dns": names.get_values_for_type(x509.DNSName),
-            "ip": [str(ip) for ip in names.get_values_for_type(x509.IPAddress)],
-            "email": names.get_values_for_type(x509.RFC822Name),
-            "uri": names.get_values_for_type(x509.UniformResourceIdentifier)}
+    found: dict[str, list[str]] = {"dns": [], "ip": [], "email": [], "uri": []}
+    for general in san if isinstance(san, x509.SubjectAlternativeName) else ():
+        kind = _SAN_KINDS.get(type(general))
+        if kind:
+            found[kind].append(_json_safe(str(general.value)))
+    return found
 
 
 def _is_ca(parsed: _Parsed) -> bool:
@@ -269,22 +388,23 @@ def _key(cert: x509.Certificate) -> dict[str, object]:
     return {"type": kind, "bits": bits, "curve": curve}
 
 
-def _self_signed(parsed: _Parsed) -> bool:
+def _self_signed(parsed: _Parsed, reading: _Reading) -> bool:
     """Issuer equals subject and the certificate's own key verifies its signature.
 
     Done by hand, not with `verify_directly_issued_by`: that needs cryptography to parse the
     names and to have loaded the signed bytes, and a certificate whose names had to be
     blanked has neither.
     """
-    return _field(lambda: _signed_by_own_key(parsed.cert, parsed.der, _need(parsed.layout))) is True
+    return _field(_signed_by_own_key, parsed, reading) is True
 
 
-def _signed_by_own_key(cert: x509.Certificate, der: bytes, layout: _Layout) -> bool:
+def _signed_by_own_key(parsed: _Parsed, reading: _Reading) -> bool:
+    der, cert, layout = parsed.der, parsed.cert, _need(parsed.layout)
     issuer, subject = layout.issuer, layout.subject
-    if der[issuer.pos:issuer.end] != der[subject.pos:subject.end] and (
-            _name(der, issuer) != _name(der, subject)):  # same name, other string types
+    if der[issuer[1]:issuer[3]] != der[subject[1]:subject[3]] and (
+            reading.name("issuer").rdns != reading.name("subject").rdns):  # other string types
         return False
-    key, tbs, signature = cert.public_key(), der[layout.tbs], cert.signature
+    key, tbs, signature = cert.public_key(), der[layout.tbs[1]:layout.tbs[3]], cert.signature
     scheme, digest = cert.signature_algorithm_parameters, cert.signature_hash_algorithm
     if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
         key.verify(signature, tbs)
@@ -313,6 +433,10 @@ def _iso(moment: datetime) -> str:  # not strftime: it drops the leading zeros o
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat("T", "seconds") + "Z"
 
 
+@overload
+def _json_safe(value: str) -> str: ...
+@overload
+def _json_safe(value: object) -> object: ...
 def _json_safe(value: object) -> object:
     """Strings that encode as strict UTF-8: lone surrogates become U+FFFD."""
     if isinstance(value, str):

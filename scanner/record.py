@@ -77,8 +77,12 @@ def probe_record(
         }
         if handshake.chain:
             try:
-                record["certificate"] = certs.certificate_facts(handshake.chain[0], now=now)
-                record["chain"] = [certs.chain_entry(der) for der in handshake.chain]
+                facts = certs.certificate_facts(handshake.chain[0], now=now)
+                record["certificate"] = facts
+                # The leaf's entry comes from its facts: no second parse.
+                record["chain"] = [certs.leaf_entry(facts)] + [
+                    certs.chain_entry(der) for der in handshake.chain[1:]
+                ]
                 if store is not None:
                     verdict = verify_chain(handshake.native or handshake.chain, store,
                                            server_name=target.server_name)

@@ -6,6 +6,8 @@ import hashlib
 import ipaddress
 import json
 import random
+import warnings
+from collections.abc import Callable
 
 import pytest
 import trustme
@@ -382,3 +384,116 @@ def test_chain_entry() -> None:
         "not_after": "2026-05-01T12:00:00Z",
     }
 
+
+
+# --- leaf_entry and the caches ---
+
+def bench_like_leaf() -> bytes:
+    """As the benchmark fleet's: ECDSA P-256, O and CN, an IP SAN, issued by a P-256 CA."""
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "certscan bench"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, "127.88.1.1")])
+    return mint(key=private_key("p256"), subject=subject, issuer="certscan bench CA",
+                issuer_key=private_key("p256", "ca"), ca=False,
+                san=[x509.IPAddress(ipaddress.ip_address("127.88.1.1"))])
+
+
+CERTIFICATES = {
+    "p256-ip-leaf": bench_like_leaf,
+    "rsa-under-intermediate": lambda: mint(
+        key=private_key("rsa2048"), subject="www.example.com", issuer="Example TLS R2",
+        issuer_key=private_key("rsa2048", "intermediate"), san=[x509.DNSName("example.com")]),
+    "trustme-leaf": lambda: to_der(trustme.CA().issue_cert("example.org").cert_chain_pems[0]
+                                   .bytes()),
+    "self-signed-root": lambda: mint(key=private_key("p384"), subject="Root R1", ca=True),
+    "t61-latin-1": lambda: hostile_cn(0x14, b"M\xfcller"),
+    "printable-star": lambda: hostile_cn(0x13, b"*.my_host"),
+    "garbage": lambda: b"\x30\x03\x02\x01\x00",
+}
+
+
+@pytest.mark.parametrize("make", CERTIFICATES.values(), ids=CERTIFICATES.keys())
+def test_leaf_entry_is_the_chain_entry(make: Callable[[], bytes]) -> None:
+    der = make()
+    result = facts(der)
+    entry = certs.leaf_entry(result)
+    assert entry == chain(der) == chain(der)  # the second from the cache
+    if isinstance(entry["subject"], dict):  # the two share no dict
+        entry["subject"]["cn"] = "changed"
+        assert result["subject"] != entry["subject"]
+
+
+def test_cached_results_are_copies() -> None:
+    der = mint(subject="leaf", issuer="Some CA", issuer_key=private_key("p256"))
+    first = chain(der)
+    first["pem"] = None
+    assert isinstance(first["subject"], dict) and isinstance(first["issuer"], dict)
+    first["subject"]["cn"] = first["issuer"]["cn"] = "changed"
+    again = chain(der)
+    assert again["pem"] == der_to_pem(der)
+    assert again["subject"] == {"rfc4514": "CN=leaf", "cn": "leaf"}
+    assert again["issuer"] == {"rfc4514": "CN=Some CA", "cn": "Some CA"}
+    result = facts(der)
+    assert isinstance(result["issuer"], dict)
+    result["issuer"]["cn"] = "changed"
+    assert facts(der)["issuer"] == {"rfc4514": "CN=Some CA", "cn": "Some CA"}
+
+
+def test_caches_are_bounded() -> None:
+    # Hostile servers can send any number of different names and chain certificates.
+    assert 0 < (certs._kept_name.cache_info().maxsize or 0) <= 1024
+    assert 0 < (certs._kept_chain_entry.cache_info().maxsize or 0) <= 256
+
+
+def test_large_names_and_certificates_are_read_without_keeping() -> None:
+    big = x509.Name([x509.NameAttribute(x509.ObjectIdentifier("1.2.3.4"), "v" * 3000)])
+    der = mint(subject=big, issuer=big)
+    assert len(der) > 6000
+    result = facts(der)
+    assert result["subject"] == result["issuer"] == {"rfc4514": "1.2.3.4=" + "v" * 3000,
+                                                     "cn": None}
+    assert result["self_signed"] is True
+    assert chain(der) == certs.leaf_entry(result)
+
+
+@pytest.mark.parametrize("make", [bench_like_leaf, lambda: hostile_cn(0x14, b"M\xfcller"),
+                                  lambda: hostile_cn(0x1E, b"\xd8\x00\x00A\x00")])
+def test_bytearray_gives_the_same_facts(make: Callable[[], bytes]) -> None:
+    der = make()
+    assert certificate_facts(bytearray(der), now=NOW) == facts(der)
+    assert chain_entry(bytearray(der)) == chain(der)
+
+
+@pytest.mark.parametrize("value", [
+    "plain", "two words", "dots.and-dashes_*@:/()'", "a  b", " lead", "trail ", " ", "#hash",
+    "a#b", "x=y", "a,b", 'q"t', "back\\slash", "semi;colon", "<angle>", "plus+", "nul\x00",
+    "new\nline", "tab\t", "Müller", "中文", "\u202eevil",
+])
+def test_rfc4514_like_cryptography(value: str) -> None:
+    # Plain values are written here without asking cryptography; the rest as it writes them.
+    subject = x509.Name([
+        x509.RelativeDistinguishedName([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, value),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, value + "x")]),
+        x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.COMMON_NAME, value)])])
+    der = mint(subject=subject)
+    expected = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    assert facts(der)["subject"] == {"rfc4514": expected, "cn": value}
+
+
+def test_warnings_stay_inside_and_filters_are_restored() -> None:
+    # Negative serial and an over-long CN: cryptography warns about both.
+    der = patch(mint(serial=0x5EC7A1), b"\x02\x03\x5e\xc7\xa1", b"\x02\x03\xde\xc7\xa1", count=1)
+    long_cn = patch(mint(subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                               "x" * 100)])),
+                    b"\x55\x04\x0a\x0c\x64", b"\x55\x04\x03\x0c\x64", count=2)
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for certificate in (der, long_cn, b"garbage"):
+            facts(certificate)
+            chain_entry(bytearray(certificate))  # not from the cache
+        warnings.warn("outside", UserWarning, stacklevel=1)
+    assert [str(warning.message) for warning in seen] == ["outside"]
+    assert warnings.filters == before
+    with pytest.raises(UserWarning):  # this suite's filterwarnings = error, as before
+        warnings.warn("still an error", UserWarning, stacklevel=1)
