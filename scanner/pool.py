@@ -64,13 +64,20 @@ class Scan:
         self._config = config
         self._store = store
         self._grace = grace
-        self._stopping = asyncio.Event()
-        self._deadline = 0.0  # when the grace period after stop() ends
+        self._in_flight: list[asyncio.Task[None]] = []  # the producer and the workers
         self.stopped_early = False
 
     def stop(self) -> None:
+        if self.stopped_early:
+            return
         self.stopped_early = True
-        self._stopping.set()
+        if self._in_flight:
+            asyncio.get_running_loop().call_later(self._grace, self._drop_in_flight)
+
+    def _drop_in_flight(self) -> None:
+        """The grace period is over: whatever is still in flight goes without a record."""
+        for task in self._in_flight:
+            task.cancel()
 
     async def records(self) -> AsyncIterator[Record]:
         """The records, in completion order."""
@@ -97,7 +104,7 @@ class Scan:
         async def produce() -> None:
             try:
                 async for item in self._items:
-                    if self._stopping.is_set():
+                    if self.stopped_early:
                         break
                     if isinstance(item, BadLine):
                         await results.put((item, bad_line_record(item, now=datetime.now(UTC))))
@@ -111,52 +118,33 @@ class Scan:
 
         async def work_loop() -> None:
             while (target := await work.get()) is not None:
-                if self._stopping.is_set():
+                if self.stopped_early:
                     continue  # drain without probing: a stopped scan takes no new targets
                 await results.put((target, await self._one(prober, target)))
 
         workers = [asyncio.create_task(work_loop()) for _ in range(config.concurrency)]
         producer = asyncio.create_task(produce())
+        self._in_flight = [producer, *workers]
 
         async def close_results() -> None:
-            await asyncio.gather(producer, *workers)
+            # return_exceptions: after stop(), cancelled workers are expected, not failures
+            # (a worker cannot fail otherwise: _one turns every exception into a record).
+            await asyncio.gather(producer, *workers, return_exceptions=True)
             await results.put(_DONE)
 
         closer = asyncio.create_task(close_results())
         tasks = [producer, *workers, closer]
-        stop_waiter = asyncio.create_task(self._stopping.wait())
         try:
-            while True:
-                result = await self._next(results, stop_waiter)
-                if result is None:
-                    break
+            while (result := await results.get()) is not None:
                 yield result
             if failure:
                 raise failure[0]
         finally:
-            stop_waiter.cancel()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, stop_waiter, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._in_flight = []
             resolver.close()
-
-    async def _next(
-        self, results: asyncio.Queue[Result | None], stop_waiter: asyncio.Task[bool]
-    ) -> Result | None:
-        """The next record; after stop(), whatever finishes within the grace period."""
-        if not stop_waiter.done():
-            getter = asyncio.ensure_future(results.get())
-            await asyncio.wait({getter, stop_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                return getter.result()
-            getter.cancel()
-            self._deadline = time.monotonic() + self._grace
-        remaining = self._deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(remaining, 0.0)):
-                return await results.get()
-        except TimeoutError:
-            return None
 
     async def _one(self, prober: Prober, target: Target) -> Record:
         try:
