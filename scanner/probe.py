@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .errors import ErrorType, ProbeError, Stage, classify
 from .gate import HandshakeGate
@@ -132,7 +132,7 @@ class Prober:
         stage = Stage.RESOLVE
         ip: str | None = target.ip
         sock: socket.socket | None = None
-        writer: asyncio.StreamWriter | None = None
+        transport: asyncio.Transport | None = None
         try:
             if ip is None:
                 t0 = time.perf_counter()
@@ -153,17 +153,16 @@ class Prober:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(clock.remaining()):
                     # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-                    _, writer = await asyncio.open_connection(
-                        sock=sock,
-                        ssl=self._context,
-                        server_hostname=target.sni or ip,
-                        ssl_handshake_timeout=max(clock.remaining(), 0.001),
-                    )
+                    loop = asyncio.get_running_loop()
+                    protocol = _HandshakeProtocol(self._context, target.sni or ip,
+                                                  loop.create_future())
+                    transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
                     sock = None  # the transport owns it now
+                    await protocol.done
                 timings.handshake = _ms(t0, clock)
 
             stage = Stage.CERTIFICATE
-            handshake = _capture(writer)
+            handshake = _capture(protocol.ssl_object)
             error = None if handshake.chain else ProbeError(
                 ErrorType.TLS_ERROR, stage, "the server sent no certificate"
             )
@@ -175,12 +174,69 @@ class Prober:
             outcome_handshake = None
         finally:
             # Don't wait for close_notify from a peer we don't trust: drop the connection.
-            if writer is not None:
-                writer.transport.abort()
+            if transport is not None:
+                transport.abort()
             if sock is not None:
                 sock.close()
         timings.total = round((time.perf_counter() - started) * 1000, 3)
         return ProbeOutcome(ip, outcome_handshake, error, timings)
+
+
+
+class _HandshakeProtocol(asyncio.Protocol):
+    """Drives one TLS handshake over memory BIOs on a plain TCP transport.
+
+    Cheaper than asyncio's SSL streams (no reader, writer or app-layer transport for a
+    connection that will never carry application data), and each failure arrives as what
+    it is: a FIN as SSLEOFError, an RST as ConnectionResetError(ECONNRESET), an alert or
+    garbage as OpenSSL's SSLError. `done` gets None when the handshake finishes, else the
+    exception; the caller aborts the transport either way.
+    """
+
+    def __init__(self, context: ssl.SSLContext, server_hostname: str,
+                 done: asyncio.Future[None]) -> None:
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing,
+                                           server_hostname=server_hostname)
+        self.done = done
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
+        self._advance()  # sends the ClientHello
+
+    def data_received(self, data: bytes) -> None:
+        self._incoming.write(data)
+        self._advance()
+
+    def eof_received(self) -> None:
+        self._incoming.write_eof()
+        self._advance()  # a FIN mid-handshake: OpenSSL raises SSLEOFError
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc or ConnectionResetError("connection closed"))
+
+    def _advance(self) -> None:
+        if self.done.done():  # finished, failed, or its waiter gave up (deadline)
+            return
+        try:
+            self.ssl_object.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, OSError) as exc:  # the server's doing: the probe's result
+            self.done.set_exception(exc)
+            return
+        self._flush()
+        self.done.set_result(None)
+
+    def _flush(self) -> None:
+        data = self._outgoing.read()
+        if data and self._transport is not None:
+            self._transport.write(data)
 
 
 def _retryable(error: ProbeError) -> bool:
@@ -219,10 +275,7 @@ async def _connect(ip: str, port: int) -> socket.socket:
     return sock
 
 
-def _capture(writer: asyncio.StreamWriter) -> Handshake:
-    ssl_object = writer.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject):
-        raise ProbeError(ErrorType.INTERNAL, Stage.CERTIFICATE, "no SSL object on the stream")
+def _capture(ssl_object: ssl.SSLObject) -> Handshake:
     cipher = ssl_object.cipher()
     chain, native = unverified_chain(ssl_object)
     return Handshake(
