@@ -187,9 +187,10 @@ async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
         loop.add_signal_handler(signum, on_signal, signum)
     try:
         with Output(args.output, append=args.resume) as out:
-            async for line in run.lines():
-                out.write(line.text)
-                progress.count(line.status, line.error_type)
+            async for batch in run.batches():
+                out.write(b"".join(line.data for line in batch))
+                for line in batch:
+                    progress.count(line.status, line.error_type)
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)

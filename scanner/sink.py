@@ -1,8 +1,8 @@
 """The one writer: JSON lines to a file or stdout, and what `--resume` needs from that file.
 
-Each record goes out in a single `write(2)` of one whole line, so a scan stopped at any
-moment, even by SIGKILL, leaves whole lines only, except for a write cut short by the
-kernel (disk full, a kill inside the call), which `--resume` repairs.
+Records go out in single `write(2)` calls of whole lines (a batch of them at a time), so a
+scan stopped at any moment, even by SIGKILL, leaves whole lines only, except for a write
+cut short by the kernel (disk full, a kill inside the call), which `--resume` repairs.
 """
 
 from __future__ import annotations
@@ -42,14 +42,13 @@ class Output:
         else:
             flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
             self._fd = os.open(path, flags, 0o644)
-        self.written = 0
 
-    def write(self, line: str) -> None:
-        data = line.encode("utf-8")
-        while data:  # a pipe may take part of a large line; finish it
-            sent = os.write(self._fd, data)
-            data = data[sent:]
-        self.written += 1
+    def write(self, data: bytes | str) -> None:
+        """Whole lines, in one write(2) when the kernel takes them at once."""
+        view = memoryview(data.encode("utf-8") if isinstance(data, str) else data)
+        while view:  # a pipe may take part of a large write; finish it
+            sent = os.write(self._fd, view)
+            view = view[sent:]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -40,20 +40,21 @@ from .verify import TrustStore
 
 # Records can be large (a 300 KB chain is ~0.5 MB of JSON); a line must fit the reader.
 _LINE_LIMIT = 64 << 20
+_READ_CHUNK = 1 << 18
 
 
 @dataclass(frozen=True, slots=True)
 class Line:
     """One encoded record, with what the progress display needs to know of it."""
 
-    text: str  # the JSON line, newline included
+    data: bytes  # the JSON line, newline included
     status: str
     error_type: str | None
 
     @classmethod
     def of(cls, record: Record) -> Line:
         error = record["error"]
-        return cls(encode(record), record["status"], error["type"] if error else None)
+        return cls(encode(record).encode(), record["status"], error["type"] if error else None)
 
 
 class LocalRun:
@@ -66,9 +67,9 @@ class LocalRun:
     def stop(self) -> None:
         self._scan.stop()
 
-    async def lines(self) -> AsyncIterator[Line]:
+    async def batches(self) -> AsyncIterator[list[Line]]:
         async for record in self._scan.records():
-            yield Line.of(record)
+            yield [Line.of(record)]
 
 
 def _target_json(tag: int, t: Target) -> bytes:
@@ -136,9 +137,10 @@ class WorkerRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGTERM)
 
-    async def lines(self) -> AsyncIterator[Line]:
+    async def batches(self) -> AsyncIterator[list[Line]]:
+        """Records as they come back, a batch per read from a worker (one write each)."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[Line | None] = asyncio.Queue(maxsize=len(self._workers) * self._cap)
+        out: asyncio.Queue[list[Line] | None] = asyncio.Queue(maxsize=len(self._workers) * 4)
         credit = asyncio.Event()
         writers: list[asyncio.StreamWriter] = []
         readers: list[asyncio.StreamReader] = []
@@ -158,7 +160,7 @@ class WorkerRun:
                     if self._stopping:
                         break
                     if isinstance(item, BadLine):
-                        await out.put(Line.of(bad_line_record(item, now=datetime.now(UTC))))
+                        await out.put([Line.of(bad_line_record(item, now=datetime.now(UTC)))])
                         continue
                     while True:
                         index = min(range(len(self._workers)),
@@ -179,11 +181,21 @@ class WorkerRun:
                     writer.close()  # EOF: the worker finishes what it has, then exits
 
         async def collect(worker: Worker, reader: asyncio.StreamReader) -> None:
-            while raw := await reader.readline():
-                tag_text, status, error_type, text = raw.decode().split("\t", 3)
-                worker.pending.pop(int(tag_text), None)
+            pending = bytearray()
+            while chunk := await reader.read(_READ_CHUNK):
+                pending += chunk
+                end = pending.rfind(b"\n") + 1
+                if not end:
+                    continue  # a large record still arriving
+                batch = []
+                for raw in bytes(pending[: end - 1]).split(b"\n"):
+                    tag, status, error_type, data = raw.split(b"\t", 3)
+                    worker.pending.pop(int(tag), None)
+                    batch.append(Line(data + b"\n", status.decode(),
+                                      None if error_type == b"-" else error_type.decode()))
+                del pending[:end]
                 credit.set()
-                await out.put(Line(text, status, None if error_type == "-" else error_type))
+                await out.put(batch)
             _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
             if worker.pending and not self._stopping:
                 # A worker that died (killed, a crash in C code): its targets still each
@@ -191,8 +203,9 @@ class WorkerRun:
                 error = ProbeError(ErrorType.INTERNAL, Stage.SCAN,
                                    f"worker process {worker.index} exited with status "
                                    f"{worker.status} while this target was in flight")
-                for target in worker.pending.values():
-                    await out.put(Line.of(error_record(target, error, now=datetime.now(UTC))))
+                now = datetime.now(UTC)
+                await out.put([Line.of(error_record(target, error, now=now))
+                               for target in worker.pending.values()])
             worker.pending.clear()
             credit.set()
 
