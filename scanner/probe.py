@@ -149,17 +149,26 @@ class Prober:
             timings.connect = _ms(t0, clock)
 
             stage = Stage.HANDSHAKE
+            t0 = time.perf_counter()
+            async with asyncio.timeout(clock.remaining()):
+                # The ClientHello goes out at once; then we wait for the server's first
+                # bytes, which costs us nothing but a socket (a silent server holds no slot).
+                # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
+                protocol = _HandshakeProtocol(self._context, target.sni or ip)
+                transport, _ = await asyncio.get_running_loop().create_connection(
+                    lambda: protocol, sock=sock
+                )
+                sock = None  # the transport owns it now
+                await protocol.answered
+            waited = _ms(t0, clock)
+            # Working through the server's answer is CPU: take a slot first. Waiting for
+            # the slot is our queue, not the server's delay, so it is not on the clock.
             async with self._gate:
                 t0 = time.perf_counter()
                 async with asyncio.timeout(clock.remaining()):
-                    # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-                    loop = asyncio.get_running_loop()
-                    protocol = _HandshakeProtocol(self._context, target.sni or ip,
-                                                  loop.create_future())
-                    transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
-                    sock = None  # the transport owns it now
+                    protocol.admit()
                     await protocol.done
-                timings.handshake = _ms(t0, clock)
+                timings.handshake = round(waited + _ms(t0, clock), 3)
 
             stage = Stage.CERTIFICATE
             handshake = _capture(protocol.ssl_object)
@@ -189,23 +198,34 @@ class _HandshakeProtocol(asyncio.Protocol):
     Cheaper than asyncio's SSL streams (no reader, writer or app-layer transport for a
     connection that will never carry application data), and each failure arrives as what
     it is: a FIN as SSLEOFError, an RST as ConnectionResetError(ECONNRESET), an alert or
-    garbage as OpenSSL's SSLError. `done` gets None when the handshake finishes, else the
-    exception; the caller aborts the transport either way.
+    garbage as OpenSSL's SSLError.
+
+    Two steps, so that the CPU work can be gated apart from the network wait: the
+    ClientHello goes out on connection; `answered` resolves when the server's first bytes
+    (or its FIN, or an error) arrive, which are kept unread until `admit()`; from then on
+    the handshake runs as data comes, and `done` gets None when it finishes, else the
+    exception. The caller aborts the transport either way.
     """
 
-    def __init__(self, context: ssl.SSLContext, server_hostname: str,
-                 done: asyncio.Future[None]) -> None:
+    def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing,
                                            server_hostname=server_hostname)
-        self.done = done
+        loop = asyncio.get_running_loop()
+        self.answered: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self._admitted = False
         self._transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
-        self._advance()  # sends the ClientHello
+        self._handshake()  # sends the ClientHello
+
+    def admit(self) -> None:
+        self._admitted = True
+        self._advance()
 
     def data_received(self, data: bytes) -> None:
         self._incoming.write(data)
@@ -216,10 +236,16 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._advance()  # a FIN mid-handshake: OpenSSL raises SSLEOFError
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc or ConnectionResetError("connection closed"))
+        self._fail(exc or ConnectionResetError("connection closed"))
 
     def _advance(self) -> None:
+        if not self._admitted:
+            if not self.answered.done():
+                self.answered.set_result(None)
+            return
+        self._handshake()
+
+    def _handshake(self) -> None:
         if self.done.done():  # finished, failed, or its waiter gave up (deadline)
             return
         try:
@@ -228,10 +254,17 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._flush()
             return
         except (ssl.SSLError, OSError) as exc:  # the server's doing: the probe's result
-            self.done.set_exception(exc)
+            self._fail(exc)
             return
         self._flush()
         self.done.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+            self.done.exception()  # marked retrieved: a waiter past its deadline is gone
+        if not self.answered.done():  # a failure is an answer too: wake the waiter
+            self.answered.set_result(None)
 
     def _flush(self) -> None:
         data = self._outgoing.read()
