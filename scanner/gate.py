@@ -21,9 +21,10 @@ import time
 _RETUNE_EVERY = 0.25  # seconds of wall time between estimates
 _MIN_SAMPLE = 16  # handshakes needed before an estimate is trusted
 _FLOOR = 16  # never fewer slots than this: latency must still be hidden
-# Before the first measurement, assume this much CPU per handshake: about what a full
-# handshake plus its record costs on one core today (measured with bench/).
-_PRIOR_CPU = 0.002
+# Before the first measurement, assume this much CPU per handshake: a little more than a
+# full handshake plus its record costs on a busy core today (bench/ measures 2.5-3.5 ms).
+# Too low a guess lets the first burst overload the loop before the estimate is in.
+_PRIOR_CPU = 0.004
 
 
 class HandshakeGate:
