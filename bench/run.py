@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleet import OUT, Fleet, Nginx, backend_address, build_fleet
+from fleet import OUT, Fleet, Nginx, backend_address, build_fleet, server_priority
 from measure import Measurement, Runner, busy_seconds, cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
@@ -467,7 +467,8 @@ def servers_for(regime: Regime, fleet: Fleet, categories: list[str], *, port: in
                 proxy.write_text("".join(f"{fleet.hosts[i]} {backend_address(i)}\n"
                                          for i in reachable))
                 command += ["--proxy", str(proxy), "--delay", "0.05"]
-            servers.netsim = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+            servers.netsim = subprocess.Popen(server_priority(command),
+                                              stdout=subprocess.PIPE, text=True)
             record_pids(servers.pids())
             assert servers.netsim.stdout is not None
             if servers.netsim.stdout.readline().strip() != "ready":
