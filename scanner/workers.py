@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import dataclasses
 import functools
+import gc
 import json
 import os
 import signal
@@ -96,6 +97,10 @@ def fork_workers(count: int, config: ScanConfig, store: TrustStore | None) -> li
     while this process is single-threaded."""
     per_worker = dataclasses.replace(config, concurrency=max(config.concurrency // count, 1))
     parent = os.getpid()
+    # Move everything imported so far out of the collector's reach: a collection in a
+    # worker would otherwise write to every object's header and copy the parent's pages
+    # one by one (the gc module docs' advice for pre-fork servers).
+    gc.freeze()
     workers: list[Worker] = []
     for index in range(count):
         targets_r, targets_w = os.pipe()
