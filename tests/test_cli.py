@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pty
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,3 +104,33 @@ async def test_usage_errors_exit_2_naming_the_flag(args: list[str], message: str
     assert code == 2
     assert stdout == b""
     assert message in stderr.decode()
+
+
+async def test_progress_is_drawn_on_a_terminal(ca: trustme.CA, tmp_path: Path) -> None:
+    """stderr a terminal: a live progress line, then the summary; records only in OUT."""
+    controller, terminal = pty.openpty()
+    try:
+        async with tls_server(server_context(ca.issue_cert("tty.test"))) as server:
+            process = await asyncio.create_subprocess_exec(
+                CERTSCAN, "scan", "-o", str(tmp_path / "out.jsonl"), "--timeout", "2",
+                *[arg for _ in range(300) for arg in ("-t", server.target)],
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=terminal,
+            )
+            async with asyncio.timeout(30):
+                await process.wait()
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal side is closed
+            while chunk := os.read(controller, 65536):
+                shown += chunk
+    finally:
+        os.close(controller)
+        if terminal >= 0:
+            os.close(terminal)
+    assert process.returncode == 0
+    text = shown.decode()
+    assert "\x1b[2K" in text  # the live line is redrawn in place
+    assert "300 records in" in text and "ok 300" in text
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 300
