@@ -2,7 +2,7 @@
 
 Servers send whatever they like, so each fact is computed on its own and one that cannot be
 read is None. `cryptography` answers all-or-nothing in two places, worked around with a
-small DER walk (`_layout`): it refuses a whole certificate over one odd string in a name
+small DER walk (`layout_of`): it refuses a whole certificate over one odd string in a name
 ('*' or '_' in a PrintableString, a lone surrogate in a BMPString) and a whole name over
 Latin-1 in a T61String, so names are decoded here and a refused certificate is retried with
 its names blanked; and it parses all extensions at once, so an extension fact is re-read
@@ -18,16 +18,27 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import re
 import sys
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, TypeVar, overload
+from typing import NamedTuple, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x25519
 from cryptography.x509.oid import ExtensionOID
+
+from .der import (
+    Layout,
+    Name,
+    attributes,
+    decode_name,
+    dotted_oid,
+    extension_oids,
+    json_safe,
+    layout_of,
+    serial_hex,
+)
 
 T = TypeVar("T")
 
@@ -111,14 +122,14 @@ class _Reading:
 
     def __init__(self, der: bytes, now: datetime | None) -> None:
         self.der, self.now = der, now
-        self.names: dict[str, _Name] = {}
+        self.names: dict[str, Name] = {}
         self.layout, self.parsed = _parse(der)
         self.cert = self.parsed.cert if self.parsed else None
 
-    def name(self, which: str) -> _Name:  # "subject" or "issuer"; decoded once per call
+    def name(self, which: str) -> Name:  # "subject" or "issuer"; decoded once per call
         if which not in self.names:
             element = getattr(_need(self.layout), which)
-            self.names[which] = _name(self.der[element[1]:element[3]])
+            self.names[which] = decode_name(self.der[element[1]:element[3]])
         return self.names[which]
 
 
@@ -127,8 +138,8 @@ _READERS: dict[str, Callable[[_Reading], object]] = {  # lazy: chain_entry wants
     "sha256": lambda r: hashlib.sha256(r.der).hexdigest(),
     "sha1": lambda r: hashlib.sha1(r.der).hexdigest(),
     "spki_sha256": lambda r: hashlib.sha256(r.der[_need(r.layout).spki]).hexdigest(),
-    "serial": lambda r: _serial(r.der[_need(r.layout).serial]),
-    # Only names and SANs hold text from the certificate: they pass through _json_safe.
+    "serial": lambda r: serial_hex(r.der[_need(r.layout).serial]),
+    # Only names and SANs hold text from the certificate: they pass through json_safe.
     "subject": lambda r: r.name("subject").facts(),
     "issuer": lambda r: r.name("issuer").facts(),
     "san": lambda r: _san(_need(r.parsed)),
@@ -156,178 +167,33 @@ def _need(value: T | None) -> T:
     return value
 
 
-# --- a DER walk: just enough to find the serial, names, key and extension OIDs ---
-
-# (tag, pos of the tag byte, start of the contents, end); plain tuples: a NamedTuple costs
-# several times more to make, and names are walked for every certificate.
-_Element = tuple[int, int, int, int]
-
-
-class _Layout(NamedTuple):
-    tbs: _Element  # the signed bytes
-    serial: slice  # contents of the INTEGER
-    issuer: _Element
-    subject: _Element
-    spki: slice
-    optional: list[_Element]  # after the key: unique IDs, extensions
-
-
-def _inside(der: bytes, parent: _Element) -> list[_Element]:
-    """The DER elements that make up parent's contents."""
-    found, pos, end = [], parent[2], parent[3]
-    while pos < end:
-        tag, length, start = der[pos], der[pos + 1], pos + 2
-        if tag & 0x1F == 0x1F:
-            raise ValueError("multi-byte tags do not occur in the parts read here")
-        if length & 0x80:  # long form: the low bits count the length bytes that follow
-            size = length & 0x7F
-            length, start = int.from_bytes(der[start:start + size]), start + size
-        if start + length > end:
-            raise ValueError("DER element overruns its parent")
-        found.append((tag, pos, start, start + length))
-        pos = start + length
-    return found
-
-
-def _layout(der: bytes, *, checked: bool) -> _Layout:
-    """Where the parts are. Unless cryptography has `checked` the DER (extensions included),
-    the extensions must walk as well: a certificate whose do not is not worth a retry."""
-    tbs = _inside(der, _inside(der, (0, 0, 0, len(der)))[0])[0]
-    fields = _inside(der, tbs)
-    if fields[0][0] == 0xA0:  # explicit version; absent in v1 certificates
-        fields.pop(0)
-    serial, _, issuer, _, subject, spki, *optional = fields
-    layout = _Layout(tbs, slice(serial[2], serial[3]), issuer, subject,
-                     slice(spki[1], spki[3]), optional)
-    if not checked:
-        _extension_oids(der, layout)
-    return layout
-
-
-def _extension_oids(der: bytes, layout: _Layout) -> list[_Element]:
-    return [_inside(der, extension)[0] for block in layout.optional if block[0] == 0xA3
-            for extension in _inside(der, _inside(der, block)[0])]
-
-
-def _serial(contents: bytes) -> str:
-    number = int.from_bytes(contents, signed=True)
-    digits = f"{abs(number):x}"
-    return ("-" if number < 0 else "") + digits.zfill(len(digits) + len(digits) % 2)
-
-
-def _attributes(der: bytes, name: _Element) -> list[list[tuple[_Element, _Element]]]:
-    """Each RDN of a Name as (type OID, value) pairs."""
-    return [[(oid, value) for oid, value in (_inside(der, atv) for atv in _inside(der, rdn))]
-            for rdn in _inside(der, name)]
-
-
-class _Name(NamedTuple):
-    rfc4514: str
-    cn: str | None
-    rdns: tuple[frozenset[tuple[x509.ObjectIdentifier, str]], ...]  # equal as x509.Name is
-
-    def facts(self) -> dict[str, object]:  # a new dict each time: callers may change theirs
-        return {"rfc4514": self.rfc4514, "cn": self.cn}
-
-
-def _name(der: bytes) -> _Name:
-    """A Name, from its DER element. Issuers repeat (every leaf of a CA has the same one, the
-    subject of the next certificate in the chain), so names are kept, unless hostile-large."""
-    return _kept_name(der) if type(der) is bytes and len(der) <= 1024 else _read_name(der)
-
-
-def _read_name(der: bytes) -> _Name:
-    """What an x509.Name of the decoded values would give, without building one:
-    rfc4514_string(), the first CN, and equality."""
-    rdns, sets = [], []
-    for pairs in _attributes(der, _inside(der, (0, 0, 0, len(der)))[0]):
-        if pairs:  # x509.Name holds no empty RDN
-            rdn = [(_attribute_type(bytes(der[oid[2]:oid[3]])),  # bytes: a bytearray has no hash
-                    _text(value[0], der[value[2]:value[3]])) for oid, value in pairs]
-            sets.append(unique := frozenset((kind.oid, value) for kind, value in rdn))
-            if len(unique) != len(rdn):
-                raise ValueError("duplicate attributes in an RDN")  # x509 refuses them too
-            rdns.append(rdn)
-    rfc4514 = ",".join("+".join(_rfc4514(kind, value) for kind, value in rdn)
-                       for rdn in reversed(rdns))
-    cn = next((value for rdn in rdns for kind, value in rdn if kind.label == "CN"), None)
-    return _Name(_json_safe(rfc4514), None if cn is None else _json_safe(cn), tuple(sets))
-
-
-_kept_name = functools.lru_cache(maxsize=1024)(_read_name)  # at most 5 MB
-
-
-class _AttributeType(NamedTuple):
-    oid: x509.ObjectIdentifier
-    label: str  # in RFC 4514 strings: "CN", "O", ... or the dotted OID
-
-
-@functools.lru_cache(maxsize=256)  # a few types recur; bounded against hostile ones
-def _attribute_type(oid: bytes) -> _AttributeType:
-    identifier = x509.ObjectIdentifier(_dotted(oid))
-    label = x509.NameAttribute(identifier, "xx", _validate=False).rfc4514_attribute_name
-    return _AttributeType(identifier, label)
-
-
-# Values that RFC 4514 never escapes; cryptography writes any other.
-_PLAIN = re.compile(r"[\w.*@:/()'-]+(?: +[\w.*@:/()'-]+)*", re.ASCII)
-
-
-def _rfc4514(kind: _AttributeType, value: str) -> str:
-    if _PLAIN.fullmatch(value):
-        return f"{kind.label}={value}"
-    return x509.NameAttribute(kind.oid, value, _validate=False).rfc4514_string()
-
-
-def _dotted(oid: bytes) -> str:
-    arcs: list[int] = []
-    arc = 0
-    for byte in oid:
-        arc = arc << 7 | byte & 0x7F
-        if not byte & 0x80:
-            arcs.append(arc)
-            arc = 0
-    first = min(arcs[0] // 40, 2)
-    return ".".join(map(str, [first, arcs[0] - 40 * first, *arcs[1:]]))
-
-
-def _text(tag: int, data: bytes) -> str:
-    """Decode a name string leniently: an inventory wants to see the odd value, not lose it."""
-    if tag in (0x1E, 0x1C):  # BMPString, UniversalString
-        return data.decode("utf-16-be" if tag == 0x1E else "utf-32-be", "replace")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:  # in practice T61String and friends hold Latin-1
-        return data.decode("latin-1")
-
-
 # --- facts cryptography parses ---
 
 class _Parsed(NamedTuple):
     der: bytes
     loaded: bytes  # what cryptography loaded: `der`, or a copy with the names blanked
     cert: x509.Certificate
-    layout: _Layout | None
+    layout: Layout | None
 
 
-def _parse(der: bytes) -> tuple[_Layout | None, _Parsed | None]:
+def _parse(der: bytes) -> tuple[Layout | None, _Parsed | None]:
     try:
         cert = x509.load_der_x509_certificate(der)
     except Exception:
         pass
     else:
-        layout = _field(lambda: _layout(der, checked=True))
+        layout = _field(lambda: layout_of(der, checked=True))
         return layout, _Parsed(der, der, cert, layout)
-    layout = _field(lambda: _layout(der, checked=False))
+    layout = _field(lambda: layout_of(der, checked=False))
     return layout, _field(lambda: _blanked(der, _need(layout)))
 
 
-def _blanked(der: bytes, layout: _Layout) -> _Parsed:
+def _blanked(der: bytes, layout: Layout) -> _Parsed:
     # Names are decoded from `layout`, so blank them for cryptography. Lengths stay the same,
     # and so every offset in `layout`; the signature no longer matches (see _self_signed).
     loaded = bytearray(der)
     for name in (layout.issuer, layout.subject):
-        for _, value in (pair for rdn in _attributes(der, name) for pair in rdn):
+        for _, value in (pair for rdn in attributes(der, name) for pair in rdn):
             loaded[value[1]] = 0x0C  # UTF8String
             loaded[value[2]:value[3]] = b"?" * (value[3] - value[2])
     return _Parsed(der, bytes(loaded), x509.load_der_x509_certificate(bytes(loaded)), layout)
@@ -341,9 +207,9 @@ def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionTyp
         # Give every other extension a unique private OID of the same length, so that
         # cryptography leaves it unparsed, and read this one alone.
         isolated = bytearray(parsed.loaded)
-        for index, (_, _, start, end) in enumerate(_extension_oids(parsed.der,
+        for index, (_, _, start, end) in enumerate(extension_oids(parsed.der,
                                                                    _need(parsed.layout))):
-            size, dotted = end - start, _dotted(parsed.der[start:end])
+            size, dotted = end - start, dotted_oid(parsed.der[start:end])
             if size >= 3 and index < 128 and dotted != oid.dotted_string:
                 isolated[start:end] = bytes([0x2A, *[0x81] * (size - 3), 1, index])
         extensions = x509.load_der_x509_certificate(bytes(isolated)).extensions
@@ -363,7 +229,7 @@ def _san(parsed: _Parsed) -> dict[str, list[str]]:
     for general in san if isinstance(san, x509.SubjectAlternativeName) else ():
         kind = _SAN_KINDS.get(type(general))
         if kind:
-            found[kind].append(_json_safe(str(general.value)))
+            found[kind].append(json_safe(str(general.value)))
     return found
 
 
@@ -431,19 +297,3 @@ def _utc(moment: datetime) -> datetime:
 
 def _iso(moment: datetime) -> str:  # not strftime: it drops the leading zeros of year 1
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat("T", "seconds") + "Z"
-
-
-@overload
-def _json_safe(value: str) -> str: ...
-@overload
-def _json_safe(value: object) -> object: ...
-def _json_safe(value: object) -> object:
-    """Strings that encode as strict UTF-8: lone surrogates become U+FFFD."""
-    if isinstance(value, str):
-        return value if value.isascii() else (
-            value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace"))
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from certfactory import DAY, NOW, as_version_1, mint, patch, patch_nth, private_key, resign
-from scanner import certs
+from scanner import certs, der
 from scanner.certs import certificate_facts, chain_entry, der_to_pem
 
 ED25519_OID = b"\x06\x03\x2b\x65\x70"
@@ -280,7 +280,7 @@ def test_bad_legacy_strings_cost_nothing(tag: int, content: bytes, cn: str) -> N
 
 def test_lone_surrogates_never_reach_the_output() -> None:
     # No input reaches this through cryptography today; the last line of defence still holds.
-    assert certs._json_safe({"a": ["x\ud800y", "\ud83d\ude00"], "b": 1}) == {
+    assert der.json_safe({"a": ["x\ud800y", "\ud83d\ude00"], "b": 1}) == {
         "a": ["x\ufffdy", "\U0001f600"], "b": 1}
 
 
@@ -440,7 +440,7 @@ def test_cached_results_are_copies() -> None:
 
 def test_caches_are_bounded() -> None:
     # Hostile servers can send any number of different names and chain certificates.
-    assert 0 < (certs._kept_name.cache_info().maxsize or 0) <= 1024
+    assert 0 < (der._kept_name.cache_info().maxsize or 0) <= 1024
     assert 0 < (certs._kept_chain_entry.cache_info().maxsize or 0) <= 256
 
 
