@@ -29,7 +29,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from scanner import verify  # noqa: E402
+from scanner import openssl  # noqa: E402
 from scanner.verify import TrustStore, verify_chain  # noqa: E402
 
 FLEET = HERE / "out" / "fleet"
@@ -106,7 +106,7 @@ def main() -> None:
         from_der = verify_chain(ders, store, server_name=name)
         from_certs = verify_chain(certs, store, server_name=name)
         assert from_der == from_certs, (from_der, from_certs)
-        lent = verify._LAYOUT.get("ok")
+        lent = openssl._LAYOUT.get("ok")
         print(f"Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pid {os.getpid()}")
         print(f"chain: {len(ders)} certificate(s) from {cert}, name {name!r}: "
               f"trusted={from_der.trusted} reason={from_der.reason}")
@@ -118,7 +118,7 @@ def main() -> None:
         print(f"verify_chain, DER bytes:            {der_ms:7.3f} ms/call")
         print(f"verify_chain, _ssl.Certificate:     {obj_ms:7.3f} ms/call"
               f"   ({der_ms / obj_ms:.1f}x)")
-        lib = verify._bind().crypto
+        lib = openssl.bind().crypto
 
         def d2i() -> None:
             cursor = ctypes.c_char_p(ders[0])

@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 import pki
-from scanner import verify
+from scanner import openssl
 from scanner.verify import TrustStore, Verdict, to_ssl_error, verify_chain
 
 SCENARIOS = {s.id: s for s in pki.scenarios()}
@@ -196,11 +196,11 @@ def test_load_a_hashed_directory_of_links(
     elsewhere.mkdir()
     hashed.mkdir()
     ca.cert_pem.write_to_path(str(elsewhere / "ca.pem"))
-    openssl = shutil.which("openssl")
+    openssl_cli = shutil.which("openssl")
     subject_hash = "0badc0de"  # any name will do for an eager load; the real one if we can
-    if openssl:
+    if openssl_cli:
         subject_hash = subprocess.run(
-            [openssl, "x509", "-noout", "-subject_hash", "-in", str(elsewhere / "ca.pem")],
+            [openssl_cli, "x509", "-noout", "-subject_hash", "-in", str(elsewhere / "ca.pem")],
             check=True, capture_output=True, text=True,
         ).stdout.strip()
     os.symlink(elsewhere / "ca.pem", hashed / f"{subject_hash}.0")
@@ -354,7 +354,7 @@ def test_no_leak_with_certificate_objects(
 # -- _ssl.Certificate objects from a handshake -----------------------------------------------
 #
 # verify_chain may take the handshake's own certificates and borrow the X509 inside each
-# instead of decoding DER (see scanner/verify.py, _lend). Same verdicts, no d2i_X509, and
+# instead of decoding DER (see scanner/openssl.py, lend). Same verdicts, no d2i_X509, and
 # every reference it takes is given back.
 
 
@@ -367,7 +367,7 @@ def received() -> dict[str, list[_ssl.Certificate]]:
 @pytest.fixture
 def d2i_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts d2i_X509 calls made by verify_chain (one entry per call)."""
-    lib = verify._bind().crypto
+    lib = openssl.bind().crypto
     real = lib.d2i_X509
     calls: list[int] = []
 
@@ -386,12 +386,12 @@ def _der(certs: list[_ssl.Certificate]) -> list[bytes]:
 def test_the_layout_check_passes_on_this_interpreter(
     received: dict[str, list[_ssl.Certificate]],
 ) -> None:
-    # The struct-offset reasoning of verify.py, on the running CPython.
-    assert object.__basicsize__ == verify._X509_OFFSET
-    assert _ssl.Certificate.__basicsize__ == verify._CERTIFICATE_SIZE
-    lib = verify._bind().crypto
+    # The struct-offset reasoning of openssl.py, on the running CPython.
+    assert object.__basicsize__ == openssl._X509_OFFSET
+    assert _ssl.Certificate.__basicsize__ == openssl._CERTIFICATE_SIZE
+    lib = openssl.bind().crypto
     for certs in received.values():
-        assert all(verify._layout_holds(lib, c) for c in certs)
+        assert all(openssl._layout_holds(lib, c) for c in certs)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
@@ -449,7 +449,7 @@ def test_look_alikes_are_decoded_not_trusted(
     for sid in ("wildcard-match", "expired-leaf", "incomplete-chain"):
         s = SCENARIOS[sid]
         fakes = [Certificate(der) for der in s.chain]
-        assert verify._lend(verify._bind().crypto, fakes[0]) == 0  # no pointer read
+        assert openssl.lend(openssl.bind().crypto, fakes[0]) == 0  # no pointer read
         before = len(d2i_calls)
         verdict = verify_chain(fakes, store_for[sid], server_name=s.server_name)  # type: ignore[arg-type]
         assert len(d2i_calls) - before == len(s.chain)  # fell back to its DER
@@ -463,7 +463,7 @@ def test_a_failed_layout_check_falls_back_to_der(
     s = SCENARIOS["expired-leaf"]
     expected = verify_chain(s.chain, store_for[s.id], server_name=s.server_name)
     d2i_calls.clear()
-    monkeypatch.setitem(verify._LAYOUT, "ok", False)  # as if this CPython's struct differed
+    monkeypatch.setitem(openssl._LAYOUT, "ok", False)  # as if this CPython's struct differed
     verdict = verify_chain(received[s.id], store_for[s.id], server_name=s.server_name)
     assert verdict == expected
     assert len(d2i_calls) == len(s.chain)
@@ -472,28 +472,28 @@ def test_a_failed_layout_check_falls_back_to_der(
 def test_the_layout_check_rejects_what_does_not_match(
     monkeypatch: pytest.MonkeyPatch, received: dict[str, list[_ssl.Certificate]],
 ) -> None:
-    lib = verify._bind().crypto
+    lib = openssl.bind().crypto
     leaf, other = received["wrong-host"][0], received["p256-chain"][0]
-    assert verify._layout_holds(lib, leaf)
+    assert openssl._layout_holds(lib, leaf)
     # A pointer to some other X509: its encoding is not the object's DER.
-    other_x509 = verify._x509_in(other)
+    other_x509 = openssl._x509_in(other)
     with monkeypatch.context() as m:
-        m.setattr(verify, "_x509_in", lambda cert: other_x509)
-        assert not verify._layout_holds(lib, leaf)
+        m.setattr(openssl, "_x509_in", lambda cert: other_x509)
+        assert not openssl._layout_holds(lib, leaf)
     # A struct of another size: rejected before any pointer is read.
     with monkeypatch.context() as m:
-        m.setattr(verify, "_CERTIFICATE_SIZE", verify._CERTIFICATE_SIZE + 8)
-        m.setattr(verify, "_x509_in", lambda cert: pytest.fail("pointer read"))
-        assert not verify._layout_holds(lib, leaf)
+        m.setattr(openssl, "_CERTIFICATE_SIZE", openssl._CERTIFICATE_SIZE + 8)
+        m.setattr(openssl, "_x509_in", lambda cert: pytest.fail("pointer read"))
+        assert not openssl._layout_holds(lib, leaf)
     with monkeypatch.context() as m:
-        m.setattr(verify.sys.implementation, "name", "pypy")
-        assert not verify._layout_holds(lib, leaf)
+        m.setattr(openssl.sys.implementation, "name", "pypy")
+        assert not openssl._layout_holds(lib, leaf)
     # The verdict is taken once and cached: a False one sends every Certificate to DER.
-    monkeypatch.setitem(verify._LAYOUT, "ok", True)  # so that undo restores what was there
-    monkeypatch.delitem(verify._LAYOUT, "ok")
-    monkeypatch.setattr(verify, "_CERTIFICATE_SIZE", verify._CERTIFICATE_SIZE + 8)
-    assert verify._lend(lib, leaf) == 0
-    assert verify._LAYOUT["ok"] is False
+    monkeypatch.setitem(openssl._LAYOUT, "ok", True)  # so that undo restores what was there
+    monkeypatch.delitem(openssl._LAYOUT, "ok")
+    monkeypatch.setattr(openssl, "_CERTIFICATE_SIZE", openssl._CERTIFICATE_SIZE + 8)
+    assert openssl.lend(lib, leaf) == 0
+    assert openssl._LAYOUT["ok"] is False
 
 
 def test_items_that_are_not_certificates_raise(store_for: dict[str, TrustStore]) -> None:
@@ -519,7 +519,7 @@ def x509_frees() -> Iterator[tuple[Callable[[int], None], list[int]]]:
     reference goes (for every X509 while registered; only tagged ones are recorded), so
     "freed" means the reference count reached zero, exactly. Unregistered afterwards.
     """
-    lib = verify._bind().crypto
+    lib = openssl.bind().crypto
     new_index = lib.CRYPTO_get_ex_new_index
     new_index.restype = ctypes.c_int
     new_index.argtypes = (ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
@@ -558,11 +558,11 @@ def test_lending_gives_every_reference_back(
     # many would free them under the objects), and once the objects go the X509s must be
     # freed (one up_ref too many would keep them forever).
     mark, freed = x509_frees
-    lib = verify._bind().crypto
+    lib = openssl.bind().crypto
     jobs = [SCENARIOS[i] for i in (*_LEAK_JOBS, "long-chain", "expired-leaf",
                                    "incomplete-chain")]
     chains = [pki.handshake_certificates(s) for s in jobs]  # the handshakes are gone
-    tagged = {verify._x509_in(c) for chain in chains for c in chain}
+    tagged = {openssl._x509_in(c) for chain in chains for c in chain}
     assert len(tagged) == sum(len(chain) for chain in chains)
     for x509 in tagged:
         mark(x509)
@@ -573,7 +573,7 @@ def test_lending_gives_every_reference_back(
             assert freed == []
     assert {v.reason for v in verdicts} == {None, "hostname_mismatch", "untrusted_root",
                                            "bad_signature", "expired", "incomplete_chain"}
-    assert verify._lend(lib, chains[0][0]) != 0  # the lending path is the one exercised
-    lib.X509_free(verify._x509_in(chains[0][0]))  # (and give that reference back too)
+    assert openssl.lend(lib, chains[0][0]) != 0  # the lending path is the one exercised
+    lib.X509_free(openssl._x509_in(chains[0][0]))  # (and give that reference back too)
     del chains, chain  # the last one, still bound by the loop
     assert sorted(freed) == sorted(tagged)
