@@ -294,11 +294,14 @@ async def _maybe_await(value: object) -> None:
 
 async def _connect(ip: str, port: int) -> socket.socket:
     """A connected non-blocking TCP socket; the caller owns it."""
-    # Numeric getaddrinfo never touches the network; it fills in IPv6 scope ids.
-    family, kind, proto, _, address = socket.getaddrinfo(
-        ip, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-    )[0]
-    sock = socket.socket(family, kind, proto)
+    if "%" in ip:  # a scoped IPv6 address: numeric getaddrinfo fills in the scope id
+        family, _, _, _, address = socket.getaddrinfo(
+            ip, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+        )[0]
+    else:  # the common case, without getaddrinfo's enum conversions
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        address = (ip, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, address)
