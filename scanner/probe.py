@@ -10,7 +10,7 @@ import asyncio
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -105,7 +105,7 @@ class Prober:
         timeout: float,
         gate: HandshakeGate,
         retries: int = 0,
-        before_connect: Callable[[], object] | None = None,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._context = context
         self._resolver = resolver
@@ -141,8 +141,8 @@ class Prober:
                 timings.resolve = _ms(t0, clock)
 
             stage = Stage.CONNECT
-            if self._before_connect is not None:
-                await _maybe_await(self._before_connect())
+            if self._before_connect is not None:  # --rate: wait for our turn to connect
+                await self._before_connect()
             t0 = time.perf_counter()
             async with asyncio.timeout(clock.remaining()):
                 sock = await _connect(ip, target.port)
@@ -285,11 +285,6 @@ def _ms(t0: float, clock: Clock) -> float:
     elapsed = time.perf_counter() - t0
     clock.charge(elapsed)
     return round(elapsed * 1000, 3)
-
-
-async def _maybe_await(value: object) -> None:
-    if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
-        await value
 
 
 async def _connect(ip: str, port: int) -> socket.socket:

@@ -13,11 +13,10 @@ _REFRESH = 0.5  # seconds between redraws of the live line
 
 
 class Progress:
-    def __init__(self, *, enabled: bool, stream: TextIO, total: int | None = None) -> None:
+    def __init__(self, *, enabled: bool, stream: TextIO) -> None:
         self._enabled = enabled
         self._stream = stream
         self._live = enabled and stream.isatty()
-        self._total = total
         self._started = time.monotonic()
         self._drawn = 0.0
         self.done = 0
@@ -43,9 +42,8 @@ class Progress:
 
     def _line(self, now: float) -> str:
         elapsed = max(now - self._started, 1e-9)
-        total = f"/{self._total}" if self._total is not None else ""
         errors = " ".join(f"{k}={v}" for k, v in self.by_error.most_common(4))
-        return (f"{self.done}{total} done, {self.done / elapsed:,.0f}/s, "
+        return (f"{self.done} done, {self.done / elapsed:,.0f}/s, "
                 f"ok={self.by_status['ok']} {errors}").rstrip()
 
     def summary(self) -> str:

@@ -45,11 +45,3 @@ def capture_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
 
-
-def verifying_context(cafile: str | None = None, capath: str | None = None) -> ssl.SSLContext:
-    """The client the verdict imitates: `ssl.create_default_context(cafile=...)`.
-
-    Used only by the library twin of `ssl.get_server_certificate` and by tests that check
-    our verdicts against what the stdlib client concludes.
-    """
-    return ssl.create_default_context(cafile=cafile, capath=capath)
