@@ -48,7 +48,11 @@ def load_module(source: str, label: str) -> ModuleType:
 
 
 def load_file(path: Path, label: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"certs_{label}", path)
+    # Loaded as a module of the scanner package, so that a certs.py with relative imports
+    # (`from .der import ...`) finds them: in this checkout's package, not the revision's.
+    import scanner  # noqa: F401 - the parent package must exist for the relative imports
+
+    spec = importlib.util.spec_from_file_location(f"scanner._certs_{label}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
