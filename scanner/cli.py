@@ -103,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="DNS server for --resolver aiodns (repeatable; default: the "
                            "system's)")
     scan.add_argument("--handshakes", type=int, metavar="N",
-                      help="TLS handshakes in progress at once (default: adapted to the "
-                           "measured CPU cost per handshake)")
+                      help="answered TLS handshakes worked through at once (default: "
+                           "adapted to the measured CPU cost per handshake)")
     scan.add_argument("-w", "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
                       help="event loops in separate processes, targets shared out among "
                            f"them (default: the number of cores, {os.cpu_count() or 1})")

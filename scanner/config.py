@@ -36,9 +36,9 @@ class ScanConfig:
     resolver:     "thread" (getaddrinfo on a wide thread pool) or "aiodns" (c-ares)
     resolver_threads: width of that thread pool
     nameservers:  DNS servers for aiodns ("ip", "ip:port", "[v6]:port"); () is the system's
-    handshakes:   TLS handshakes allowed in progress at once; None adapts the number to the
-                  measured CPU cost per handshake (gate.py). Waiting for a slot is not on
-                  the target's clock.
+    handshakes:   answered TLS handshakes worked through at once; None adapts the number
+                  to the measured CPU cost per handshake (gate.py). Waiting for a slot is
+                  not on the target's clock.
     """
 
     ports: tuple[int, ...] = DEFAULT_PORTS

@@ -1,10 +1,12 @@
-"""How many TLS handshakes may be in progress at once, adapted to what the CPU can do.
+"""How many answered TLS handshakes may be worked through at once, adapted to the CPU.
 
 A textbook asyncio scanner at concurrency 2000 returns almost nothing over a slow network:
 every handshake's CPU work (key exchange, certificate parsing) interleaves with every
-other's, so all of them finish late together and hit their timeouts at once. The gate
-bounds the handshakes in progress so that the CPU work queued ahead of any one of them
-stays within a share of the deadline: `budget / cpu_per_handshake` slots. The cost per
+other's, so all of them finish late together and hit their timeouts at once. The probe
+sends every ClientHello at once, then takes a slot here only when the server has answered
+(a silent server never takes one); the gate bounds the handshakes being worked through so
+that the CPU work queued ahead of any one of them stays within a share of the deadline:
+`budget / cpu_per_handshake` slots. The cost per
 handshake is measured as the scan runs (process CPU time over handshakes finished), so the
 limit follows the machine, the certificates and the key exchange actually met.
 
