@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -219,6 +220,17 @@ def find_nginx() -> str:
 SERVER_NICE = -10
 
 
+def end_process(process: subprocess.Popen[Any], signum: int = signal.SIGTERM) -> None:
+    """Ask a child to stop with `signum`; kill it if it has not within 10 s."""
+    if process.poll() is None:
+        process.send_signal(signum)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def server_priority(command: list[str]) -> list[str]:
     """`command` run at a higher priority: nginx and the delay proxy stand for remote
     machines and the network, which a busy client cannot slow down. On one shared 2-core
@@ -280,13 +292,7 @@ class Nginx:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGQUIT)  # graceful: workers close their sockets
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        end_process(self.process, signal.SIGQUIT)  # graceful: workers close their sockets
         self.process = None
         shutil.rmtree(self.prefix, ignore_errors=True)
 

@@ -29,7 +29,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleet import OUT, Fleet, Nginx, backend_address, build_fleet, server_priority
+from fleet import (
+    OUT,
+    Fleet,
+    Nginx,
+    backend_address,
+    build_fleet,
+    end_process,
+    server_priority,
+)
 from measure import Measurement, Runner, busy_seconds, cpu_seconds
 
 BENCH = Path(__file__).resolve().parent
@@ -427,13 +435,7 @@ class Servers:
 
     def close(self) -> None:
         if self.netsim is not None:
-            if self.netsim.poll() is None:
-                self.netsim.terminate()
-                try:
-                    self.netsim.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.netsim.kill()
-                    self.netsim.wait()
+            end_process(self.netsim)
             self.netsim = None
         if self.nginx is not None:
             self.nginx.stop()

@@ -265,10 +265,9 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
     # pipe is exactly the back-pressure we want; nothing is left in a buffer at exit.
     with Output("worker", fd=records_fd) as out:
         async for item, record in scan.results():
-            tag = tags.pop(id(item))
-            error = record["error"]
-            out.write(f"{tag}\t{record['status']}\t{error['type'] if error else '-'}\t"
-                      f"{encode(record)}")
+            line = Line.of(record)
+            head = f"{tags.pop(id(item))}\t{line.status}\t{line.error_type or '-'}\t"
+            out.write(head.encode() + line.data)
 
 
 def _die_with_parent(parent: int) -> None:
