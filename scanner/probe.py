@@ -7,7 +7,6 @@ cancellation): every failure comes back as a `ProbeError` inside the `ProbeOutco
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -131,8 +130,7 @@ class Prober:
         started = time.perf_counter()
         stage = Stage.RESOLVE
         ip: str | None = target.ip
-        sock: socket.socket | None = None
-        transport: asyncio.Transport | None = None
+        protocol: _HandshakeProtocol | None = None
         try:
             if ip is None:
                 t0 = time.perf_counter()
@@ -143,31 +141,29 @@ class Prober:
             stage = Stage.CONNECT
             if self._before_connect is not None:  # --rate: wait for our turn to connect
                 await self._before_connect()
+            # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
+            protocol = _HandshakeProtocol(self._context, target.sni or ip)
             t0 = time.perf_counter()
             async with asyncio.timeout(clock.remaining()):
-                sock = await _connect(ip, target.port)
-            timings.connect = _ms(t0, clock)
+                # An IP literal is not looked up (asyncio and uvloop both parse it); the
+                # ClientHello goes out from connection_made, before this returns.
+                await asyncio.get_running_loop().create_connection(
+                    lambda: protocol, ip, target.port
+                )
+            timings.connect = _ms(t0, clock, protocol.connected_at)
 
             stage = Stage.HANDSHAKE
-            t0 = time.perf_counter()
-            async with asyncio.timeout(clock.remaining()):
-                # The ClientHello goes out at once; then we wait for the server's first
-                # bytes, which costs us nothing but a socket (a silent server holds no slot).
-                # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-                protocol = _HandshakeProtocol(self._context, target.sni or ip)
-                transport, _ = await asyncio.get_running_loop().create_connection(
-                    lambda: protocol, sock=sock
-                )
-                sock = None  # the transport owns it now
-                await protocol.answered
+            t0 = protocol.connected_at
+            # Waiting for the server's first bytes costs us nothing but a socket: a silent
+            # server holds no slot. The protocol keeps the deadline (cheaper than a timeout
+            # context per step).
+            await protocol.wait_answer(clock.remaining())
             waited = _ms(t0, clock)
             # Working through the server's answer is CPU: take a slot first. Waiting for
             # the slot is our queue, not the server's delay, so it is not on the clock.
             async with self._gate:
                 t0 = time.perf_counter()
-                async with asyncio.timeout(clock.remaining()):
-                    protocol.admit()
-                    await protocol.done
+                await protocol.finish(clock.remaining())
                 timings.handshake = round(waited + _ms(t0, clock), 3)
 
             stage = Stage.CERTIFICATE
@@ -182,14 +178,10 @@ class Prober:
             error = classify(exc, stage)
             outcome_handshake = None
         finally:
-            # Don't wait for close_notify from a peer we don't trust: drop the connection.
-            if transport is not None:
-                transport.abort()
-            if sock is not None:
-                sock.close()
+            if protocol is not None:
+                protocol.close()
         timings.total = round((time.perf_counter() - started) * 1000, 3)
         return ProbeOutcome(ip, outcome_handshake, error, timings)
-
 
 
 class _HandshakeProtocol(asyncio.Protocol):
@@ -201,10 +193,10 @@ class _HandshakeProtocol(asyncio.Protocol):
     garbage as OpenSSL's SSLError.
 
     Two steps, so that the CPU work can be gated apart from the network wait: the
-    ClientHello goes out on connection; `answered` resolves when the server's first bytes
-    (or its FIN, or an error) arrive, which are kept unread until `admit()`; from then on
-    the handshake runs as data comes, and `done` gets None when it finishes, else the
-    exception. The caller aborts the transport either way.
+    ClientHello goes out on connection; `wait_answer` returns when the server's first
+    bytes (or its FIN, or an error) arrive, which are kept unread until `finish`, which
+    runs the handshake as data comes and returns when it is done, else raises. Each step
+    has its own deadline, a TimeoutError. `close()` aborts the transport either way.
     """
 
     def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
@@ -212,20 +204,47 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._outgoing = ssl.MemoryBIO()
         self.ssl_object = context.wrap_bio(self._incoming, self._outgoing,
                                            server_hostname=server_hostname)
-        loop = asyncio.get_running_loop()
-        self.answered: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
+        self._loop = asyncio.get_running_loop()
+        self._answered: asyncio.Future[None] = self._loop.create_future()
+        self._done: asyncio.Future[None] = self._loop.create_future()
         self._admitted = False
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.connected_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connected_at = time.perf_counter()
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
         self._handshake()  # sends the ClientHello
 
-    def admit(self) -> None:
+    async def wait_answer(self, seconds: float) -> None:
+        await self._within(self._answered, seconds)
+
+    async def finish(self, seconds: float) -> None:
         self._admitted = True
-        self._advance()
+        self._handshake()
+        await self._within(self._done, seconds)
+
+    async def _within(self, step: asyncio.Future[None], seconds: float) -> None:
+        if not step.done():
+            self._timer = self._loop.call_later(seconds, self._expire)
+            try:
+                await step
+            finally:
+                self._timer.cancel()
+        step.result()
+
+    def _expire(self) -> None:
+        self._fail(TimeoutError("deadline"))
+
+    def close(self) -> None:
+        """Drop the connection: no close_notify for a peer we do not trust."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._fail(ConnectionAbortedError("closed by the prober"))
+        if self._transport is not None:
+            self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._incoming.write(data)
@@ -240,13 +259,13 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     def _advance(self) -> None:
         if not self._admitted:
-            if not self.answered.done():
-                self.answered.set_result(None)
+            if not self._answered.done():
+                self._answered.set_result(None)
             return
         self._handshake()
 
     def _handshake(self) -> None:
-        if self.done.done():  # finished, failed, or its waiter gave up (deadline)
+        if self._done.done():  # finished, failed, or past its deadline
             return
         try:
             self.ssl_object.do_handshake()
@@ -257,14 +276,15 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._fail(exc)
             return
         self._flush()
-        self.done.set_result(None)
+        self._done.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
-        if not self.done.done():
-            self.done.set_exception(exc)
-            self.done.exception()  # marked retrieved: a waiter past its deadline is gone
-        if not self.answered.done():  # a failure is an answer too: wake the waiter
-            self.answered.set_result(None)
+        if not self._done.done():
+            self._done.set_exception(exc)
+            self._done.exception()  # marked retrieved: nobody may be waiting any more
+        if not self._answered.done():  # a failure is an answer too: wake the waiter
+            self._answered.set_exception(exc)
+            self._answered.exception()
 
     def _flush(self) -> None:
         data = self._outgoing.read()
@@ -281,29 +301,10 @@ def _retryable(error: ProbeError) -> bool:
     )
 
 
-def _ms(t0: float, clock: Clock) -> float:
-    elapsed = time.perf_counter() - t0
+def _ms(t0: float, clock: Clock, now: float | None = None) -> float:
+    elapsed = (time.perf_counter() if now is None else now) - t0
     clock.charge(elapsed)
     return round(elapsed * 1000, 3)
-
-
-async def _connect(ip: str, port: int) -> socket.socket:
-    """A connected non-blocking TCP socket; the caller owns it."""
-    if "%" in ip:  # a scoped IPv6 address: numeric getaddrinfo fills in the scope id
-        family, _, _, _, address = socket.getaddrinfo(
-            ip, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-        )[0]
-    else:  # the common case, without getaddrinfo's enum conversions
-        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-        address = (ip, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _capture(ssl_object: ssl.SSLObject) -> Handshake:
