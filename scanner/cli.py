@@ -16,7 +16,7 @@ from .runtime import raise_nofile_limit, run_with_loop
 from .sink import Output, repair_and_index, skip_done
 from .targets import TargetError, parse_server_name, read_targets
 from .verify import TrustStore
-from .workers import LocalRun, Worker, WorkerRun, fork_workers
+from .workers import LocalRun, Worker, WorkerRun, fork_workers, share_of
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="answered TLS handshakes worked through at once (default: "
                            "adapted to the measured CPU cost per handshake)")
     scan.add_argument("-w", "--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                      help="event loops in separate processes, targets shared out among "
-                           f"them (default: the number of cores, {os.cpu_count() or 1})")
+                      help="event loops, each its own process (this one and N-1 forked "
+                           "workers), targets shared out among them (default: the number "
+                           f"of cores, {os.cpu_count() or 1})")
     scan.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto",
                       help="event loop (default auto: uvloop where installed)")
     scan.add_argument("--resume", action="store_true",
@@ -170,7 +171,8 @@ async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
     if done:
         items = skip_done(items, done)
     run: LocalRun | WorkerRun = (
-        WorkerRun(items, config, workers) if workers else LocalRun(items, config, store)
+        WorkerRun(items, share_of(config, len(workers) + 1), workers, store) if workers
+        else LocalRun(items, config, store)
     )
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
     received: list[int] = []
@@ -213,8 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if limit_note.clamped_to is not None:
         print(f"certscan: {limit_note.message}", file=sys.stderr)
         config = config.with_concurrency(limit_note.clamped_to)
-    # Workers are forked now, before this process has an event loop or a thread.
-    workers = fork_workers(args.workers, config, store) if args.workers > 1 else []
+    # Workers are forked now, before this process has an event loop or a thread; this
+    # process's own loop is the first of the N.
+    workers = fork_workers(args.workers - 1, share_of(config, args.workers), store)
     try:
         return run_with_loop(config.loop, _scan(args, config, files, store, workers))
     except KeyboardInterrupt:

@@ -1,16 +1,16 @@
-"""Running a scan: in this process, or shared out among worker processes (`--workers N`).
+"""Running a scan: in this process, or shared out among event loops (`--workers N`).
 
 One event loop drives one core; the client's OpenSSL work is what costs, so a scan uses
-every core by running N loops in N processes, forked before the parent starts its loop.
-The parent reads the targets, deals them out to the worker with the fewest in flight, and
-is the one writer of the output:
+every core by running N loops: this process's own and N-1 worker processes, forked before
+the parent starts its loop. The parent reads the targets, deals them out to the loop with
+the fewest in flight (its own included), and is the one writer of the output:
 
-    parent: targets --(pipe, one JSON line per target)--> worker 1..N
+    parent: targets --> its own Scan, or --(pipe, one JSON line per target)--> worker 1..N-1
     worker: Scan --(pipe, "tag status error_type record-json")--> parent --> Output
 
 The guarantees hold across processes: every target dealt out comes back as exactly one
 record (a worker that dies costs its in-flight targets an `internal` record each); a stop
-(signal) reaches every worker, which finishes or drops its in-flight targets within the
+(signal) reaches every loop, which finishes or drops its in-flight targets within the
 grace period; `--resume` works on the single output file the parent writes.
 """
 
@@ -90,19 +90,24 @@ class Worker:
     status: int | None = None
 
 
-def fork_workers(count: int, config: ScanConfig, store: TrustStore | None) -> list[Worker]:
-    """Start `count` workers. Call before any event loop or thread exists in this process:
-    a fork copies the imported modules and the loaded trust store for free (a fresh
-    interpreter would spend ~0.3 s of CPU importing them again), and forking is only safe
-    while this process is single-threaded."""
-    per_worker = dataclasses.replace(config, concurrency=max(config.concurrency // count, 1))
+def share_of(config: ScanConfig, loops: int) -> ScanConfig:
+    """The settings of one of `loops` event loops sharing a scan: its part of the
+    concurrency."""
+    return dataclasses.replace(config, concurrency=max(config.concurrency // loops, 1))
+
+
+def fork_workers(count: int, share: ScanConfig, store: TrustStore | None) -> list[Worker]:
+    """Start `count` workers, each scanning with `share`. Call before any event loop or
+    thread exists in this process: a fork copies the imported modules and the loaded trust
+    store for free (a fresh interpreter would spend ~0.3 s of CPU importing them again),
+    and forking is only safe while this process is single-threaded."""
     parent = os.getpid()
     # Move everything imported so far out of the collector's reach: a collection in a
     # worker would otherwise write to every object's header and copy the parent's pages
     # one by one (the gc module docs' advice for pre-fork servers).
     gc.freeze()
     workers: list[Worker] = []
-    for index in range(count):
+    for index in range(1, count + 1):  # 0 is the parent's own loop
         targets_r, targets_w = os.pipe()
         records_r, records_w = os.pipe()
         pid = os.fork()
@@ -115,7 +120,7 @@ def fork_workers(count: int, config: ScanConfig, store: TrustStore | None) -> li
                     os.close(worker.targets_fd)
                     os.close(worker.records_fd)
                 _die_with_parent(parent)
-                run_with_loop(per_worker.loop, _serve(per_worker, store, targets_r, records_w))
+                run_with_loop(share.loop, _serve(share, store, targets_r, records_w))
                 code = 0
             finally:
                 os._exit(code)
@@ -126,26 +131,35 @@ def fork_workers(count: int, config: ScanConfig, store: TrustStore | None) -> li
 
 
 class WorkerRun:
-    """The scan shared out among forked worker processes, each with its own event loop."""
+    """The scan shared out among this process's event loop and forked workers.
 
-    def __init__(self, items: AsyncIterable[Target | BadLine], config: ScanConfig,
-                 workers: list[Worker]) -> None:
+    The parent is the first of the loops: it scans a share itself (its targets and records
+    cross no pipe) while it deals the others out and writes every record.
+    """
+
+    def __init__(self, items: AsyncIterable[Target | BadLine], share: ScanConfig,
+                 workers: list[Worker], store: TrustStore | None) -> None:
         self._items = items
+        self._share = share
         self._workers = workers
-        self._cap = max(config.concurrency // len(workers), 1) * 2  # dealt, not yet answered
+        self._store = store
+        self._cap = share.concurrency * 2  # dealt to a loop, not yet answered
         self._stopping = False
+        self._local: Scan | None = None
 
     def stop(self) -> None:
         self._stopping = True
+        if self._local is not None:
+            self._local.stop()
         for worker in self._workers:
             if worker.status is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGTERM)
 
     async def batches(self) -> AsyncIterator[list[Line]]:
-        """Records as they come back, a batch per read from a worker (one write each)."""
+        """Records as they come back; what is ready at once goes out as one batch."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[list[Line] | None] = asyncio.Queue(maxsize=len(self._workers) * 4)
+        out: asyncio.Queue[list[Line] | None] = asyncio.Queue(maxsize=len(self._workers) * 4 + 64)
         credit = asyncio.Event()
         writers: list[asyncio.StreamWriter] = []
         readers: list[asyncio.StreamReader] = []
@@ -157,6 +171,25 @@ class WorkerRun:
             await loop.connect_read_pipe(functools.partial(asyncio.StreamReaderProtocol, reader),
                                          os.fdopen(worker.records_fd, "rb", 0))
             readers.append(reader)
+        # The parent's own share: a Scan fed from a queue, tags kept by target identity.
+        own: asyncio.Queue[Target | None] = asyncio.Queue()
+        own_pending: dict[int, Target] = {}
+        own_tags: dict[int, int] = {}
+
+        async def own_targets() -> AsyncIterator[Target]:
+            while (target := await own.get()) is not None:
+                yield target
+
+        self._local = Scan(own_targets(), self._share, store=self._store)
+        shares = [own_pending, *(worker.pending for worker in self._workers)]
+        dealt: list[list[bytes]] = [[] for _ in self._workers]
+
+        def send() -> None:
+            """What was dealt in this turn of the loop: one write per worker."""
+            for writer, lines in zip(writers, dealt, strict=True):
+                if lines:
+                    writer.write(b"".join(lines))
+                    lines.clear()
 
         async def deal() -> None:
             tag = 0
@@ -168,22 +201,33 @@ class WorkerRun:
                         await out.put([Line.of(bad_line_record(item, now=datetime.now(UTC)))])
                         continue
                     while True:
-                        index = min(range(len(self._workers)),
-                                    key=lambda i: len(self._workers[i].pending))
-                        worker = self._workers[index]
-                        if len(worker.pending) < self._cap or self._stopping:
+                        index = min(range(len(shares)), key=lambda i: len(shares[i]))
+                        if len(shares[index]) < self._cap or self._stopping:
                             break
                         credit.clear()
                         await credit.wait()
                     if self._stopping:
                         break
                     tag += 1
-                    worker.pending[tag] = item
-                    writers[index].write(_target_json(tag, item))
-                    await writers[index].drain()
+                    shares[index][tag] = item
+                    if index == 0:
+                        own_tags[id(item)] = tag
+                        own.put_nowait(item)
+                        continue
+                    if not any(dealt):
+                        loop.call_soon(send)
+                    dealt[index - 1].append(_target_json(tag, item))
             finally:
+                send()
+                own.put_nowait(None)
                 for writer in writers:
                     writer.close()  # EOF: the worker finishes what it has, then exits
+
+        async def collect_own(scan: Scan) -> None:
+            async for item, record in scan.results():
+                own_pending.pop(own_tags.pop(id(item)), None)
+                credit.set()
+                await out.put([Line.of(record)])
 
         async def collect(worker: Worker, reader: asyncio.StreamReader) -> None:
             pending = bytearray()
@@ -215,8 +259,9 @@ class WorkerRun:
             credit.set()
 
         dealer = asyncio.create_task(deal())
-        collectors = [asyncio.create_task(collect(w, r))
-                      for w, r in zip(self._workers, readers, strict=True)]
+        collectors = [asyncio.create_task(collect_own(self._local))] + [
+            asyncio.create_task(collect(w, r)) for w, r in zip(self._workers, readers, strict=True)
+        ]
 
         async def close() -> None:
             await asyncio.gather(dealer, *collectors)
@@ -224,8 +269,16 @@ class WorkerRun:
 
         closer = asyncio.create_task(close())
         try:
-            while (line := await out.get()) is not None:
-                yield line
+            ended = False
+            while not ended and (first := await out.get()) is not None:
+                lines = list(first)
+                while not out.empty():  # whatever else is ready: one write for all of it
+                    more = out.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    lines.extend(more)
+                yield lines
             await closer  # re-raise a failure of the input, as the local run does
         finally:
             for task in (dealer, *collectors, closer):
@@ -262,12 +315,25 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scan.stop)
     # Plain blocking writes of whole lines: the parent reads as fast as we write, and a full
-    # pipe is exactly the back-pressure we want; nothing is left in a buffer at exit.
+    # pipe is exactly the back-pressure we want. The records finished in one turn of the
+    # loop go out in one write, at the end of that turn; the rest at the end of the scan.
     with Output("worker", fd=records_fd) as out:
-        async for item, record in scan.results():
-            line = Line.of(record)
-            head = f"{tags.pop(id(item))}\t{line.status}\t{line.error_type or '-'}\t"
-            out.write(head.encode() + line.data)
+        batch: list[bytes] = []
+
+        def flush() -> None:
+            if batch:
+                out.write(b"".join(batch))
+                batch.clear()
+
+        try:
+            async for item, record in scan.results():
+                line = Line.of(record)
+                head = f"{tags.pop(id(item))}\t{line.status}\t{line.error_type or '-'}\t"
+                if not batch:
+                    loop.call_soon(flush)
+                batch.append(head.encode() + line.data)
+        finally:
+            flush()
 
 
 def _die_with_parent(parent: int) -> None:

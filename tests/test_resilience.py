@@ -267,10 +267,10 @@ async def test_a_dead_worker_costs_its_targets_an_internal_record(
         lines = [good.target] * 10 + [quiet.target] * 20
         targets.write_text("\n".join(lines) + "\n")
         process = await _start([
-            "scan", str(targets), "-o", str(out), "--timeout", "3", "--workers", "2",
+            "scan", str(targets), "-o", str(out), "--timeout", "3", "--workers", "3",
         ])
         await _wait_for_lines(out, 10)  # the good ones are done; 20 silent in flight
-        workers = _children(process.pid)
+        workers = _children(process.pid)  # the parent is the first of the 3 loops
         assert len(workers) == 2
         os.kill(workers[0], signal.SIGKILL)
         async with asyncio.timeout(20):
