@@ -134,12 +134,16 @@ def workloads(module: ModuleType, leaves: list[bytes], issuer: bytes
     """What each row times: a function of one item, and the items it cycles through."""
     facts = module.certificate_facts
     entry = getattr(module, "leaf_entry", None)
+    slow = getattr(module, "_slow_facts", None)
     return {  # the scanner: certificate_facts(chain[0]), leaf_entry, chain_entry(the rest)
         "certificate_facts(leaf)": (lambda der: facts(der, now=NOW), list(leaves)),
         "chain_entry(leaf)": (module.chain_entry, list(leaves)),
         "chain_entry(issuer)": (module.chain_entry, [issuer]),
         "leaf_entry(facts)": None if entry is None else (
             entry, [facts(der, now=NOW) for der in leaves]),
+        # what a leaf costs when the fast path leaves it to cryptography
+        "_slow_facts(leaf)": None if slow is None else (
+            lambda der: slow(der, module._FACT_KEYS, NOW), list(leaves)),
     }
 
 

@@ -1,16 +1,26 @@
 """Certificate facts: DER bytes in, JSON-ready dicts out. Pure: no I/O, never raises.
 
 Servers send whatever they like, so each fact is computed on its own and one that cannot be
-read is None. `cryptography` answers all-or-nothing in two places, worked around with a
+read is None.
+
+This runs once per scanned target, and most of its time went into building cryptography's
+objects (every extension, an OpenSSL key, datetimes), most of a process's start-up into
+importing it. So there are two paths to the same facts. The fast path reads a certificate
+in the plain shape real ones have with a strict DER walk alone (der.simple_certificate). It
+bails out (NotSimple) on anything it cannot vouch for: odd or non-minimal DER, an algorithm,
+key or SAN name outside its tables, duplicate extensions, a certificate that may be
+self-signed (that takes a signature check); the whole certificate then goes to the slow path,
+which asks cryptography (imported only then) and which the fast path must equal to the byte
+(tests/test_certs_fast.py compares them, on mutated certificates too).
+
+The slow path works around `cryptography` answering all-or-nothing in two places, with a
 small DER walk (`layout_of`): it refuses a whole certificate over one odd string in a name
 ('*' or '_' in a PrintableString, a lone surrogate in a BMPString) and a whole name over
 Latin-1 in a T61String, so names are decoded here and a refused certificate is retried with
 its names blanked; and it parses all extensions at once, so an extension fact is re-read
-alone when another extension is malformed.
-
-This runs once per scanned target, so: the walk skips what cryptography has checked, names
-are decoded without building x509.Name objects (several times slower), and bounded caches
-keep what repeats across targets (issuer names, intermediate certificates).
+alone when another extension is malformed. Both paths decode names without building
+x509.Name objects (several times slower), and bounded caches keep what repeats across
+targets (issuer names, intermediate certificates).
 """
 
 from __future__ import annotations
@@ -22,23 +32,31 @@ import sys
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple, TypeVar
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x25519
-from cryptography.x509.oid import ExtensionOID
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from .der import (
+    BASIC_CONSTRAINTS_OID,
+    SAN_OID,
     Layout,
     Name,
+    NotSimple,
+    Simple,
     attributes,
     decode_name,
     dotted_oid,
     extension_oids,
+    is_ca,
     json_safe,
     layout_of,
+    public_key,
+    read_name,
     serial_hex,
+    simple_certificate,
+    subject_alt_names,
 )
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 T = TypeVar("T")
 
@@ -89,6 +107,85 @@ def _kept_chain_entry(der: bytes) -> dict[str, object]:
 
 
 def _facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
+    try:
+        return _fast_facts(der, keys, now)
+    except Exception:  # NotSimple, or an IndexError of truncated DER: cryptography reads it
+        return _slow_facts(der, keys, now)
+
+
+# --- the fast path: a strict DER walk ---
+
+def _fast_facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
+    """The facts of a certificate the strict walk vouches for, as _slow_facts gives them;
+    raises NotSimple (or IndexError) for any other."""
+    certificate = _Plain(bytes(der), now)
+    return {key: _PLAIN_READERS[key](certificate) for key in keys}
+
+
+class _Plain:
+    """One certificate as the strict walk reads it."""
+
+    __slots__ = ("der", "issuer", "now", "parts", "subject")
+
+    def __init__(self, der: bytes, now: datetime | None) -> None:
+        self.der, self.now = der, now
+        self.parts: Simple = simple_certificate(der)
+        # Issuers repeat across targets, leaves' subjects do not: keep only issuers.
+        self.subject, self.issuer = read_name(self.parts.subject), decode_name(self.parts.issuer)
+        # The names' shape matters, not their strings: a certificate that cryptography
+        # refuses over a string ('*' in a PrintableString) the slow path reads with its names
+        # blanked, to the same facts. A name of another shape might be refused even so.
+        if not (self.subject.simple and self.issuer.simple):
+            raise NotSimple
+
+
+def _plain_san(parts: Simple) -> dict[str, list[str]]:
+    value = parts.extensions.get(SAN_OID)
+    return {"dns": [], "ip": [], "email": [], "uri": []} if value is None else (
+        subject_alt_names(value))
+
+
+def _plain_is_ca(parts: Simple) -> bool:
+    value = parts.extensions.get(BASIC_CONSTRAINTS_OID)
+    return value is not None and is_ca(value)
+
+
+def _plain_key(parts: Simple) -> dict[str, object]:
+    kind, bits, curve = public_key(parts.key_algorithm, parts.public_key)
+    return {"type": kind, "bits": bits, "curve": curve}
+
+
+def _not_self_issued(certificate: _Plain) -> bool:
+    """False when the names differ. A certificate whose names match may be self-signed,
+    which a signature check decides: the slow path's."""
+    if certificate.parts.issuer == certificate.parts.subject or (
+            certificate.issuer.rdns == certificate.subject.rdns):
+        raise NotSimple
+    return False
+
+
+_PLAIN_READERS: dict[str, Callable[[_Plain], object]] = {  # as _READERS, key for key
+    "pem": lambda c: der_to_pem(c.der),
+    "sha256": lambda c: hashlib.sha256(c.der).hexdigest(),
+    "sha1": lambda c: hashlib.sha1(c.der).hexdigest(),
+    "spki_sha256": lambda c: hashlib.sha256(c.parts.spki).hexdigest(),
+    "serial": lambda c: serial_hex(c.parts.serial),
+    "subject": lambda c: c.subject.facts(),
+    "issuer": lambda c: c.issuer.facts(),
+    "san": lambda c: _plain_san(c.parts),
+    "not_before": lambda c: c.parts.not_before,
+    "not_after": lambda c: c.parts.not_after,
+    "days_left": lambda c: (c.parts.expires - _utc(_need(c.now))) // _DAY,
+    "key": lambda c: _plain_key(c.parts),
+    "signature_algorithm": lambda c: c.parts.signature_algorithm,
+    "self_signed": _not_self_issued,
+    "is_ca": lambda c: _plain_is_ca(c.parts),
+}
+
+
+# --- the slow path: cryptography ---
+
+def _slow_facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
     # cryptography *warns* about RFC 5280 violations it still parses (negative serials,
     # over-long CN or country); we report such certificates as they are, and under `-W error`
     # a warning would become an exception that costs the field. So UserWarnings are ignored
@@ -167,8 +264,6 @@ def _need(value: T | None) -> T:
     return value
 
 
-# --- facts cryptography parses ---
-
 class _Parsed(NamedTuple):
     der: bytes
     loaded: bytes  # what cryptography loaded: `der`, or a copy with the names blanked
@@ -177,6 +272,8 @@ class _Parsed(NamedTuple):
 
 
 def _parse(der: bytes) -> tuple[Layout | None, _Parsed | None]:
+    from cryptography import x509
+
     try:
         cert = x509.load_der_x509_certificate(der)
     except Exception:
@@ -191,6 +288,8 @@ def _parse(der: bytes) -> tuple[Layout | None, _Parsed | None]:
 def _blanked(der: bytes, layout: Layout) -> _Parsed:
     # Names are decoded from `layout`, so blank them for cryptography. Lengths stay the same,
     # and so every offset in `layout`; the signature no longer matches (see _self_signed).
+    from cryptography import x509
+
     loaded = bytearray(der)
     for name in (layout.issuer, layout.subject):
         for _, value in (pair for rdn in attributes(der, name) for pair in rdn):
@@ -201,6 +300,8 @@ def _blanked(der: bytes, layout: Layout) -> _Parsed:
 
 def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionType | None:
     """The extension's value, None when absent; raises when it is malformed."""
+    from cryptography import x509
+
     try:
         extensions = parsed.cert.extensions
     except Exception:
@@ -219,26 +320,32 @@ def _extension(parsed: _Parsed, oid: x509.ObjectIdentifier) -> x509.ExtensionTyp
         return None
 
 
-_SAN_KINDS: dict[type, str] = {x509.DNSName: "dns", x509.IPAddress: "ip",
-                               x509.RFC822Name: "email", x509.UniformResourceIdentifier: "uri"}
-
-
 def _san(parsed: _Parsed) -> dict[str, list[str]]:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
     san = _extension(parsed, ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    kinds: dict[type, str] = {x509.DNSName: "dns", x509.IPAddress: "ip",
+                              x509.RFC822Name: "email", x509.UniformResourceIdentifier: "uri"}
     found: dict[str, list[str]] = {"dns": [], "ip": [], "email": [], "uri": []}
     for general in san if isinstance(san, x509.SubjectAlternativeName) else ():
-        kind = _SAN_KINDS.get(type(general))
+        kind = kinds.get(type(general))
         if kind:
             found[kind].append(json_safe(str(general.value)))
     return found
 
 
 def _is_ca(parsed: _Parsed) -> bool:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtensionOID
+
     constraints = _extension(parsed, ExtensionOID.BASIC_CONSTRAINTS)
     return isinstance(constraints, x509.BasicConstraints) and constraints.ca
 
 
 def _key(cert: x509.Certificate) -> dict[str, object]:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
+
     key = _field(cert.public_key)  # raises for key types cryptography does not know
     kind, bits, curve = "unknown", None, None
     if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey):
@@ -265,6 +372,8 @@ def _self_signed(parsed: _Parsed, reading: _Reading) -> bool:
 
 
 def _signed_by_own_key(parsed: _Parsed, reading: _Reading) -> bool:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+
     der, cert, layout = parsed.der, parsed.cert, _need(parsed.layout)
     issuer, subject = layout.issuer, layout.subject
     if der[issuer[1]:issuer[3]] != der[subject[1]:subject[3]] and (
