@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import fcntl
 import functools
 import gc
 import json
@@ -110,6 +111,7 @@ def fork_workers(count: int, share: ScanConfig, store: TrustStore | None) -> lis
     for index in range(1, count + 1):  # 0 is the parent's own loop
         targets_r, targets_w = os.pipe()
         records_r, records_w = os.pipe()
+        _widen(records_w)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the parent's code
             code = 1
@@ -159,7 +161,12 @@ class WorkerRun:
     async def batches(self) -> AsyncIterator[list[Line]]:
         """Records as they come back; what is ready at once goes out as one batch."""
         loop = asyncio.get_running_loop()
-        out: asyncio.Queue[list[Line] | None] = asyncio.Queue(maxsize=len(self._workers) * 4 + 64)
+        # Unbounded, and it must be: with a bound, a collector waiting to put a worker's
+        # batch loses every race for a free slot to the parent's own records (a woken
+        # putter re-checks and goes to the back), and that worker starves. Memory stays
+        # bounded all the same: records come only from targets dealt, at most `_cap` a loop
+        # in flight, and this queue is emptied on every turn of the writer.
+        out: asyncio.Queue[list[Line] | None] = asyncio.Queue()
         credit = asyncio.Event()
         writers: list[asyncio.StreamWriter] = []
         readers: list[asyncio.StreamReader] = []
@@ -334,6 +341,24 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
                 batch.append(head.encode() + line.data)
         finally:
             flush()
+
+
+def _widen(pipe: int) -> None:
+    """Give a pipe the most room an unprivileged process may (1 MiB by default, not 64 KiB).
+
+    A worker writes its records with blocking writes, so a full pipe stops its whole loop
+    until the parent reads; and the parent, scanning its own share, reads only between
+    handshakes. A wide pipe lets the worker run ahead by hundreds of records meanwhile.
+    """
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if setpipe is None:
+        return
+    try:
+        with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as limit:
+            size = int(limit.read())
+        fcntl.fcntl(pipe, setpipe, size)
+    except (OSError, ValueError):
+        pass  # the default size still works, only with less slack
 
 
 def _die_with_parent(parent: int) -> None:
