@@ -100,4 +100,7 @@ def probe_record(
 def encode(record: Record) -> str:
     """One JSON line. ensure_ascii keeps hostile certificate strings (lone surrogates,
     control characters) from ever producing a line that is not valid UTF-8 JSON."""
-    return json.dumps(record, ensure_ascii=True, separators=(",", ":")) + "\n"
+    return _ENCODER.encode(record) + "\n"
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # built once, not per record
