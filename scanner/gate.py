@@ -12,6 +12,13 @@ limit follows the machine, the certificates and the key exchange actually met.
 
 Waiting at the gate is not on the target's clock (see probe.Clock): the wait is ours, not
 the server's.
+
+Slots are also handed out at most `turn / cpu_per_handshake` per turn of the event loop.
+A handshake's CPU work runs in one task step, and a loop runs every ready step before it
+looks at timers or sockets again: had hundreds of slots been granted at once, one turn would
+take a second, and every deadline timer and new connection would wait for it (at
+concurrency 2000 the deadlines of silent servers fired up to 1.5 s late). Paced, a turn
+stays near `turn` seconds; the CPU is just as busy.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ _FLOOR = 16  # never fewer slots than this: latency must still be hidden
 # full handshake plus its record costs on a busy core today (bench/ measures 2.5-3.5 ms).
 # Too low a guess lets the first burst overload the loop before the estimate is in.
 _PRIOR_CPU = 0.004
+_TURN = 0.05  # seconds of handshake CPU work granted per turn of the event loop
 
 
 class HandshakeGate:
@@ -43,13 +51,16 @@ class HandshakeGate:
                                                          int(budget / _PRIOR_CPU)), _FLOOR)
         self._active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._per_turn = max(int(_TURN / _PRIOR_CPU), 1)
+        self._granted = 0  # slots granted in this turn of the loop
+        self._turn_pending = False  # a _next_turn is scheduled
         self._finished = 0
         self._mark_wall = time.monotonic()
         self._mark_cpu = time.process_time()
         self._mark_finished = 0
 
     async def __aenter__(self) -> None:
-        if self._active >= self.limit or self._waiters:
+        if self._active >= self.limit or self._waiters or self._granted >= self._per_turn:
             future = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
             try:
@@ -61,23 +72,34 @@ class HandshakeGate:
                     self._waiters.remove(future)
                 raise
         else:
-            self._active += 1
+            self._grant()
 
     async def __aexit__(self, *exc: object) -> None:
         self._finished += 1
         self._release()
-        if not self._fixed:
-            self._maybe_retune()
+        self._maybe_retune()
 
     def _release(self) -> None:
         self._active -= 1
         self._wake()
 
+    def _grant(self) -> None:
+        self._active += 1
+        self._granted += 1
+        if not self._turn_pending:  # runs on the loop's next turn, after this one's steps
+            self._turn_pending = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_pending = False
+        self._granted = 0
+        self._wake()
+
     def _wake(self) -> None:
-        while self._waiters and self._active < self.limit:
+        while self._waiters and self._active < self.limit and self._granted < self._per_turn:
             future = self._waiters.popleft()
             if not future.done():
-                self._active += 1
+                self._grant()
                 future.set_result(None)
 
     def _maybe_retune(self) -> None:
@@ -91,7 +113,9 @@ class HandshakeGate:
         cpu = cpu_now - self._mark_cpu
         self._mark_wall, self._mark_cpu, self._mark_finished = now, cpu_now, self._finished
         per_handshake = max(cpu / finished, 1e-5)
-        wanted = int(self._budget / per_handshake)
-        # Move halfway toward the estimate: one noisy window must not swing the limit.
-        self.limit = max(min((self.limit + wanted) // 2, self._ceiling), _FLOOR)
+        self._per_turn = max(int(_TURN / per_handshake), 1)
+        if not self._fixed:  # an explicit --handshakes keeps its number of slots
+            wanted = int(self._budget / per_handshake)
+            # Move halfway toward the estimate: one noisy window must not swing the limit.
+            self.limit = max(min((self.limit + wanted) // 2, self._ceiling), _FLOOR)
         self._wake()

@@ -68,3 +68,31 @@ async def test_a_cancelled_waiter_does_not_leak_a_slot() -> None:
     active, peak = [0], [0]
     await asyncio.gather(*(_through(gate, active, peak) for _ in range(5)))
     assert peak[0] == 1
+
+
+async def test_slots_are_handed_out_a_few_per_turn_of_the_loop() -> None:
+    # A handshake's CPU work runs in one task step; granting hundreds of slots in one turn
+    # would make that turn take seconds and every deadline timer wait for it.
+    gate = HandshakeGate(1000, budget=10.0)  # 1000 slots: only the pacing limits a turn
+    loop = asyncio.get_running_loop()
+    turn = [0]
+    stop = False
+
+    def tick() -> None:  # counts turns of the loop: one call_soon chain, one link a turn
+        turn[0] += 1
+        if not stop:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    entered: list[int] = []
+
+    async def one() -> None:
+        async with gate:
+            entered.append(turn[0])
+
+    await asyncio.gather(*(one() for _ in range(300)))
+    stop = True
+    per_turn = max(entered.count(t) for t in set(entered))
+    assert len(entered) == 300
+    assert per_turn <= 12  # 50 ms of turn at the 4 ms prior; none measured yet
+    assert len(set(entered)) >= 300 // 12
