@@ -275,7 +275,13 @@ class _HandshakeProtocol(asyncio.Protocol):
         except (ssl.SSLError, OSError) as exc:  # the server's doing: the probe's result
             self._fail(exc)
             return
-        self._flush()
+        # In TLS 1.3 the handshake is complete for us once the server's flight checks out
+        # (its certificate, its proof of the key, its Finished); our own Finished would
+        # only make the server verify it and send session tickets to a client about to
+        # hang up, ~0.2 ms of the server's CPU per probe. So it is not sent. TLS 1.2 needs
+        # ours before the server's Finished: there, everything went out already.
+        if self.ssl_object.version() != "TLSv1.3":
+            self._flush()
         self._done.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:

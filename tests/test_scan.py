@@ -255,3 +255,45 @@ async def test_names_resolve_through_a_local_dns_server(ca: trustme.CA) -> None:
     missing = by_host["missing.scan.test"]
     assert (missing["error"]["type"], missing["error"]["stage"]) == ("dns", "resolve")
     assert missing["ip"] is None
+
+
+@pytest.mark.parametrize(("maximum", "server_finishes"), [
+    (ssl.TLSVersion.TLSv1_3, False),  # our Finished is not sent: nothing for the server
+    (ssl.TLSVersion.TLSv1_2, True),  # ours precedes the server's Finished: it must go
+])
+async def test_the_client_finished_is_sent_only_when_the_handshake_needs_it(
+    ca: trustme.CA, maximum: ssl.TLSVersion, server_finishes: bool
+) -> None:
+    context = server_context(ca.issue_cert("fin.test"), maximum=maximum)
+    finished: list[bool] = []
+
+    async def memory_bio_server(reader: asyncio.StreamReader,
+                                writer: asyncio.StreamWriter) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+        while True:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                data = await reader.read(65536)
+                if not data:  # the client hung up without finishing our handshake
+                    finished.append(False)
+                    return
+                incoming.write(data)
+                continue
+            writer.write(outgoing.read())
+            await writer.drain()
+            finished.append(True)
+            await reader.read(65536)  # until the client hangs up
+            return
+
+    async with raw_server(memory_bio_server) as server:
+        [record] = await scan_all([server.target])
+        for _ in range(100):  # the server's side ends when it sees the client leave
+            if finished:
+                break
+            await asyncio.sleep(0.01)
+    assert record["status"] == "ok", record["error"]
+    assert record["tls"]["version"] == maximum.name.replace("_", ".")
+    assert finished == [server_finishes]
