@@ -156,8 +156,9 @@ class Prober:
             t0 = protocol.connected_at
             # Waiting for the server's first bytes costs us nothing but a socket: a silent
             # server holds no slot. The protocol keeps the deadline (cheaper than a timeout
-            # context per step).
-            await protocol.wait_answer(clock.remaining())
+            # context per step). The server has had our ClientHello since connected_at: a
+            # busy loop that resumes us late does not give it more time.
+            await protocol.wait_answer(clock.remaining() - (time.perf_counter() - t0))
             waited = _ms(t0, clock)
             # Working through the server's answer is CPU: take a slot first. Waiting for
             # the slot is our queue, not the server's delay, so it is not on the clock.

@@ -111,6 +111,7 @@ def fork_workers(count: int, share: ScanConfig, store: TrustStore | None) -> lis
     for index in range(1, count + 1):  # 0 is the parent's own loop
         targets_r, targets_w = os.pipe()
         records_r, records_w = os.pipe()
+        _widen(targets_w)
         _widen(records_w)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the parent's code
@@ -348,7 +349,9 @@ def _widen(pipe: int) -> None:
 
     A worker writes its records with blocking writes, so a full pipe stops its whole loop
     until the parent reads; and the parent, scanning its own share, reads only between
-    handshakes. A wide pipe lets the worker run ahead by hundreds of records meanwhile.
+    handshakes. A wide pipe lets the worker run ahead by hundreds of records meanwhile, and
+    takes a whole deal of targets (a thousand at concurrency 2000) in one write, so that
+    the worker starts them all at once instead of as the busy parent finds time to write.
     """
     setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
     if setpipe is None:
