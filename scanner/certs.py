@@ -32,7 +32,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
 
 from .der import (
     BASIC_CONSTRAINTS_OID,
@@ -343,12 +343,24 @@ def _is_ca(parsed: _Parsed) -> bool:
     return isinstance(constraints, x509.BasicConstraints) and constraints.ca
 
 
+@functools.cache
+def _dsa_public_key() -> type:
+    """cryptography's DSA key class. From cryptography 51 on, naming it warns that DSA is
+    deprecated; a scanner still meets DSA certificates and must still report them."""
+    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        return cast(type, dsa.DSAPublicKey)
+
+
 def _key(cert: x509.Certificate) -> dict[str, object]:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa, x25519
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa, x25519
 
     key = _field(cert.public_key)  # raises for key types cryptography does not know
     kind, bits, curve = "unknown", None, None
-    if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey):
+    if isinstance(key, rsa.RSAPublicKey | _dsa_public_key()):
         kind, bits = "rsa" if isinstance(key, rsa.RSAPublicKey) else "dsa", key.key_size
     elif isinstance(key, ec.EllipticCurvePublicKey):
         kind, bits, curve = "ec", key.key_size, key.curve.name
@@ -372,7 +384,7 @@ def _self_signed(parsed: _Parsed, reading: _Reading) -> bool:
 
 
 def _signed_by_own_key(parsed: _Parsed, reading: _Reading) -> bool:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 
     der, cert, layout = parsed.der, parsed.cert, _need(parsed.layout)
     issuer, subject = layout.issuer, layout.subject
@@ -389,7 +401,7 @@ def _signed_by_own_key(parsed: _Parsed, reading: _Reading) -> bool:
         key.verify(signature, tbs, scheme, digest)
     elif isinstance(key, ec.EllipticCurvePublicKey) and isinstance(scheme, ec.ECDSA):
         key.verify(signature, tbs, scheme)
-    elif isinstance(key, dsa.DSAPublicKey):
+    elif isinstance(key, _dsa_public_key()):
         key.verify(signature, tbs, digest)
     else:
         return False
