@@ -32,7 +32,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple, TypeVar, cast
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from .der import (
     BASIC_CONSTRAINTS_OID,
@@ -57,6 +57,7 @@ from .der import (
 
 if TYPE_CHECKING:
     from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.dsa import DSAPublicKey
 
 T = TypeVar("T")
 
@@ -344,7 +345,7 @@ def _is_ca(parsed: _Parsed) -> bool:
 
 
 @functools.cache
-def _dsa_public_key() -> type:
+def _dsa_public_key() -> type[DSAPublicKey]:
     """cryptography's DSA key class. From cryptography 51 on, naming it warns that DSA is
     deprecated; a scanner still meets DSA certificates and must still report them."""
     from cryptography.hazmat.primitives.asymmetric import dsa
@@ -352,7 +353,7 @@ def _dsa_public_key() -> type:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        return cast(type, dsa.DSAPublicKey)
+        return dsa.DSAPublicKey
 
 
 def _key(cert: x509.Certificate) -> dict[str, object]:
