@@ -60,20 +60,25 @@ class ProbeOutcome:
     timings: Timings = field(default_factory=Timings)
 
 
-def unverified_chain(ssl_object: ssl.SSLObject) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+def unverified_chain(ssl_object: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
     """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects).
 
-    The objects are `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during the
-    handshake; verify.py judges them without decoding them again. Only the private
-    `_sslobj.get_unverified_chain()` returns them (3.11 to 3.13; the public method added in
-    3.13 gives DER only). `getpeercert(True)` alone would give only the leaf.
+    `ssl_object` is an `ssl.SSLObject` or the `_ssl._SSLSocket` under it. The objects are
+    `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during the handshake;
+    verify.py judges them without decoding them again. Only the private
+    `get_unverified_chain()` of `_ssl._SSLSocket` returns them (3.11 to 3.13; the public
+    method added in 3.13 gives DER only). `getpeercert(True)` alone would give the leaf.
     """
-    private = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
-    if private is not None:
-        native = tuple(private() or ())
-        der = tuple(cert.public_bytes(ssl._ssl.ENCODING_DER) for cert in native)  # type: ignore[attr-defined]
+    sslobj = getattr(ssl_object, "_sslobj", ssl_object)
+    if isinstance(sslobj, _SSLSocket):
+        native = tuple(sslobj.get_unverified_chain() or ())
+        der = tuple(cert.public_bytes(_DER) for cert in native)
         return der, native
-    return tuple(bytes(der) for der in ssl_object.get_unverified_chain() or ()), ()  # type: ignore[attr-defined]
+    return tuple(bytes(der) for der in ssl_object.get_unverified_chain() or ()), ()
+
+
+_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+_SSLSocket: Any = ssl._ssl._SSLSocket  # type: ignore[attr-defined]
 
 
 class Clock:
@@ -142,14 +147,13 @@ class Prober:
             if self._before_connect is not None:  # --rate: wait for our turn to connect
                 await self._before_connect()
             # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-            protocol = _HandshakeProtocol(self._context, target.sni or ip)
+            loop = asyncio.get_running_loop()
+            protocol = _HandshakeProtocol(self._context, target.sni or ip, loop)
             t0 = time.perf_counter()
             async with asyncio.timeout(clock.remaining()):
                 # An IP literal is not looked up (asyncio and uvloop both parse it); the
                 # ClientHello goes out from connection_made, before this returns.
-                await asyncio.get_running_loop().create_connection(
-                    lambda: protocol, ip, target.port
-                )
+                await loop.create_connection(lambda: protocol, ip, target.port)
             timings.connect = _ms(t0, clock, protocol.connected_at)
 
             stage = Stage.HANDSHAKE
@@ -200,12 +204,22 @@ class _HandshakeProtocol(asyncio.Protocol):
     has its own deadline, a TimeoutError. `close()` aborts the transport either way.
     """
 
-    def __init__(self, context: ssl.SSLContext, server_hostname: str) -> None:
+    def __init__(
+        self, context: ssl.SSLContext, server_hostname: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        self.ssl_object = context.wrap_bio(self._incoming, self._outgoing,
-                                           server_hostname=server_hostname)
-        self._loop = asyncio.get_running_loop()
+        # `_wrap_bio` is what `SSLContext.wrap_bio` calls: the `_ssl._SSLSocket` itself,
+        # without the `ssl.SSLObject` wrapper, whose Python frame per call (handshake
+        # step, version, cipher) would cost more than the calls. Names come from
+        # targets.py already IDNA-encoded; the encoding below is `wrap_bio`'s own.
+        if not server_hostname.isascii():
+            server_hostname = server_hostname.encode("idna").decode("ascii")
+        self.ssl_object: Any = context._wrap_bio(  # type: ignore[attr-defined]
+            self._incoming, self._outgoing, server_side=False,
+            server_hostname=server_hostname, owner=None, session=None,
+        )
+        self._loop = loop
         self._answered: asyncio.Future[None] = self._loop.create_future()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._admitted = False
@@ -312,7 +326,7 @@ def _ms(t0: float, clock: Clock, now: float | None = None) -> float:
     return round(elapsed * 1000, 3)
 
 
-def _capture(ssl_object: ssl.SSLObject) -> Handshake:
+def _capture(ssl_object: Any) -> Handshake:
     cipher = ssl_object.cipher()
     chain, native = unverified_chain(ssl_object)
     return Handshake(
