@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import _ssl
 import ctypes
-import ctypes.util
 import functools
 import ssl
 import sys
@@ -90,14 +89,23 @@ def _loaded_library(stem: str) -> ctypes.CDLL:
             paths = [line.split()[-1] for line in maps if f"/lib{stem}.so" in line]
     except OSError:  # not Linux: let the dynamic linker answer
         pass
-    found = ctypes.util.find_library(stem)
-    for path in [*dict.fromkeys(paths), *([found] if found else [])]:
-        lib = ctypes.CDLL(path)
-        version = lib.OpenSSL_version_num
-        version.restype, version.argtypes = ctypes.c_ulong, ()
-        if version() == ssl.OPENSSL_VERSION_NUMBER:
+    for path in dict.fromkeys(paths):
+        if (lib := _if_ours(path)) is not None:
             return lib
+    # find_library runs `ldconfig -p` in a subprocess (~10 ms): only when the maps fail.
+    import ctypes.util
+
+    found = ctypes.util.find_library(stem)
+    if found and (lib := _if_ours(found)) is not None:
+        return lib
     raise RuntimeError(f"lib{stem} {ssl.OPENSSL_VERSION} (the one _ssl uses) not found")
+
+
+def _if_ours(path: str) -> ctypes.CDLL | None:
+    lib = ctypes.CDLL(path)
+    version = lib.OpenSSL_version_num
+    version.restype, version.argtypes = ctypes.c_ulong, ()
+    return lib if version() == ssl.OPENSSL_VERSION_NUMBER else None
 
 
 @functools.cache
