@@ -11,6 +11,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from . import certs
 from .errors import ErrorType, ProbeError, Stage, internal
 from .probe import ProbeOutcome
@@ -97,10 +99,28 @@ def probe_record(
     return record
 
 
-def encode(record: Record) -> str:
-    """One JSON line. ensure_ascii keeps hostile certificate strings (lone surrogates,
-    control characters) from ever producing a line that is not valid UTF-8 JSON."""
-    return _ENCODER.encode(record) + "\n"
+def encode(record: Record) -> bytes:
+    """One JSON line, as bytes, exactly as `json` with ensure_ascii writes it: ensure_ascii
+    keeps hostile certificate strings (lone surrogates, control characters) from ever
+    producing a line that is not valid UTF-8 JSON.
+
+    orjson writes the same bytes ~10x faster (~2 us against ~20 us a record here, most of
+    the per-record Python cost left after the handshake) for a record whose text is ASCII
+    without DEL, which is nearly every record: same key order, separators, escapes and
+    float reprs. Anything else goes to the stdlib encoder: non-ASCII text (orjson writes
+    UTF-8), DEL (orjson leaves it bare, `json` writes \\u007f), a lone surrogate or an
+    integer past 64 bits (orjson refuses them). Two differences no record can meet: orjson
+    writes NaN as null (records hold none) and some non-zero floats under 1e-4 in other
+    digits (records' only floats are timings rounded to the microsecond: 0 or >= 0.001).
+    """
+    try:
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    except orjson.JSONEncodeError:
+        pass
+    else:
+        if line.isascii() and b"\x7f" not in line:
+            return line
+    return (_ENCODER.encode(record) + "\n").encode("ascii")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # built once, not per record

@@ -56,7 +56,7 @@ class Line:
     @classmethod
     def of(cls, record: Record) -> Line:
         error = record["error"]
-        return cls(encode(record).encode(), record["status"], error["type"] if error else None)
+        return cls(encode(record), record["status"], error["type"] if error else None)
 
 
 class LocalRun:
