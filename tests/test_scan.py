@@ -97,6 +97,19 @@ async def test_sni_picks_the_certificate_and_ip_targets_send_none(ca: trustme.CA
                                                           key=str)
 
 
+async def test_an_idn_server_name_goes_out_as_its_a_label(ca: trustme.CA,
+                                                          ca_pem: str) -> None:
+    # The probe hands OpenSSL the name itself (not through ssl.SSLObject): it must still be
+    # the A-label on the wire, and verdicts must match the certificate's A-label SAN.
+    host = next_address()
+    cert = ca.issue_cert("xn--bcher-kva.example")
+    async with tls_server(server_context(cert), host) as server:
+        [record] = await scan_all([f"{server.target} bücher.example"], ca_bundle=ca_pem)
+    assert server.server_names == ["xn--bcher-kva.example"]
+    assert record["status"] == "ok" and record["sni"] == "xn--bcher-kva.example"
+    assert record["validation"]["trusted"] and record["validation"]["hostname_match"]
+
+
 async def test_a_tls10_only_server_is_captured(ca: trustme.CA) -> None:
     leaf = ca.issue_cert("legacy.test")
     ctx = server_context(leaf, maximum=ssl.TLSVersion.TLSv1, seclevel0=True)
