@@ -60,25 +60,19 @@ class ProbeOutcome:
     timings: Timings = field(default_factory=Timings)
 
 
-def unverified_chain(ssl_object: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
     """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects).
 
-    `ssl_object` is an `ssl.SSLObject` or the `_ssl._SSLSocket` under it. The objects are
-    `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during the handshake;
-    verify.py judges them without decoding them again. Only the private
-    `get_unverified_chain()` of `_ssl._SSLSocket` returns them (3.11 to 3.13; the public
-    method added in 3.13 gives DER only). `getpeercert(True)` alone would give the leaf.
+    `sslobj` is the `_ssl._SSLSocket` a probe drives. Its private `get_unverified_chain()`
+    (3.10 on) returns `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during
+    the handshake, which verify.py judges without decoding them again (the public method
+    added in 3.13 gives DER only). `getpeercert(True)` alone would give only the leaf.
     """
-    sslobj = getattr(ssl_object, "_sslobj", ssl_object)
-    if isinstance(sslobj, _SSLSocket):
-        native = tuple(sslobj.get_unverified_chain() or ())
-        der = tuple(cert.public_bytes(_DER) for cert in native)
-        return der, native
-    return tuple(bytes(der) for der in ssl_object.get_unverified_chain() or ()), ()
+    native = tuple(sslobj.get_unverified_chain() or ())
+    return tuple(cert.public_bytes(_DER) for cert in native), native
 
 
 _DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
-_SSLSocket: Any = ssl._ssl._SSLSocket  # type: ignore[attr-defined]
 
 
 class Clock:
