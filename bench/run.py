@@ -2,7 +2,8 @@
 
 See bench/README.md for what each number means. Regime A: every host answers, concurrency
 100. Regime B: 100 ms round trip, 5% silent hosts, 5% refused, concurrency 2000, timeout 3 s.
-Tools run alternately (A B C A B C ...), `--reps` times each; the tables show medians.
+Tools run alternately, `--reps` times each, each rep starting one tool further on (A B C,
+B C A, ...); the tables show medians.
 """
 
 from __future__ import annotations
@@ -295,6 +296,17 @@ def ratio(summary: dict[str, dict[str, Any]], key: str, tool: str, other: str) -
     return float(mine / theirs)
 
 
+def per_rep(results: list[RunResult], key: str, tool: str, other: str) -> list[float]:
+    """`tool`'s `key` over `other`'s, rep by rep (reps where both ran clean): how much of
+    the ratio of medians is one tool's good or bad luck in a single rep."""
+    def clean(name: str) -> dict[int, float]:
+        return {run.rep: getattr(run, key) for run in results
+                if run.tool == name and not any(run.exit_codes)}
+    mine, theirs = clean(tool), clean(other)
+    return [mine[rep] / theirs[rep] for rep in sorted(mine.keys() & theirs.keys())
+            if theirs[rep]]
+
+
 def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
@@ -321,7 +333,7 @@ def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, 
 
 
 def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
-                 checks: list[dict[str, Any]]) -> None:
+                 checks: list[dict[str, Any]], results: list[RunResult]) -> None:
     title = {"A": "Regime A: direct, every host answers",
              "B": f"Regime B: 100 ms RTT ({regime.delay_mode}), 5% silent, 5% refused"}
     print(f"\n{title[regime.name]}; concurrency {regime.concurrency}, timeout "
@@ -345,8 +357,12 @@ def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
     for label, key in (("handshakes/s", "handshakes_per_s"), ("CPU/hs", "cpu_ms_per_handshake")):
         for other in (REFERENCE, THREADS):
             value = ratio(summary, key, "certscan", other)
-            if value is not None:
-                print(f"certscan / {other:<15} {label:<13} {value:6.2f}x")
+            if value is None:
+                continue
+            reps = per_rep(results, key, "certscan", other)
+            spread = (f"   (rep by rep: {min(reps):.2f}-{max(reps):.2f}x)"
+                      if len(reps) > 1 else "")
+            print(f"certscan / {other:<15} {label:<13} {value:6.2f}x{spread}")
     for tool, row in summary.items():
         for failure in row["failed_runs"]:
             print(f"{tool}: {failure} (left out of the medians)")
@@ -508,7 +524,10 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
         with servers_for(regime, fleet, categories, port=args.port,
                          workers=args.nginx_workers, scratch=scratch) as servers:
             for rep in range(args.reps):
-                for tool in tools:
+                # Each rep starts one tool further on (A B C, B C A, C A B, ...): no tool
+                # always runs first, or always right after the same one.
+                shift = rep % len(tools)
+                for tool in tools[shift:] + tools[:shift]:
                     result = run_once(tool, setting, rep, runner, servers.pids)
                     results.append(result)
                     print(f"  rep {rep + 1}/{args.reps} {tool.name:<20} ok {result.ok}/"
@@ -518,7 +537,7 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
         runner.kill_live()
     summary = summarise(results)
     checks = goals(regime, summary)
-    print_report(regime, summary, checks)
+    print_report(regime, summary, checks, results)
     report = {
         "regime": asdict(regime), "hosts": args.hosts, "reps": args.reps,
         "environment": environment(regime), "summary": summary, "goals": checks,
@@ -527,6 +546,8 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
                 "handshakes_per_s": ratio(summary, "handshakes_per_s", "certscan", other),
                 "cpu_ms_per_handshake": ratio(summary, "cpu_ms_per_handshake", "certscan",
                                               other),
+                "handshakes_per_s_per_rep": per_rep(results, "handshakes_per_s", "certscan",
+                                                    other),
             } for other in (REFERENCE, THREADS)
         },
         "runs": [asdict(r) | {"handshakes_per_s": r.handshakes_per_s,
