@@ -360,8 +360,8 @@ def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
             if value is None:
                 continue
             reps = per_rep(results, key, "certscan", other)
-            spread = (f"   (rep by rep: {min(reps):.2f}-{max(reps):.2f}x)"
-                      if len(reps) > 1 else "")
+            spread = (f"   (rep by rep: median {statistics.median(reps):.2f}x, "
+                      f"{min(reps):.2f}-{max(reps):.2f}x)" if len(reps) > 1 else "")
             print(f"certscan / {other:<15} {label:<13} {value:6.2f}x{spread}")
     for tool, row in summary.items():
         for failure in row["failed_runs"]:
@@ -548,6 +548,8 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
                                               other),
                 "handshakes_per_s_per_rep": per_rep(results, "handshakes_per_s", "certscan",
                                                     other),
+                "cpu_ms_per_handshake_per_rep": per_rep(results, "cpu_ms_per_handshake",
+                                                        "certscan", other),
             } for other in (REFERENCE, THREADS)
         },
         "runs": [asdict(r) | {"handshakes_per_s": r.handshakes_per_s,
