@@ -10,9 +10,16 @@ The command line is `certscan scan ...` (see README). The library face:
 from __future__ import annotations
 
 from .api import get_server_certificate, scan
-from .config import ScanConfig
+from .config import ConfigError, ScanConfig
 from .record import SCHEMA_VERSION
 
 __version__ = "0.1.0"
 
-__all__ = ["SCHEMA_VERSION", "ScanConfig", "__version__", "get_server_certificate", "scan"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConfigError",
+    "ScanConfig",
+    "__version__",
+    "get_server_certificate",
+    "scan",
+]
