@@ -1,9 +1,10 @@
-"""ctypes bindings to the libcrypto and libssl that Python's ``_ssl`` itself uses.
+"""ctypes bindings to the libcrypto that Python's ``_ssl`` itself uses.
 
 ``scanner.verify`` judges a captured chain with OpenSSL's own ``X509_verify_cert``, so that
 its verdict is the stdlib's by construction. No Python package exposes that call on an
 arbitrary chain and store, hence ctypes; and it must be the very libcrypto ``_ssl`` is linked
-against (``_loaded_library``), with the defaults a stdlib client context gets (``bind``).
+against (``_loaded_library``, bound once by ``bind``). The verification parameters are not
+read from the running interpreter: they are pinned per policy in ``scanner.verify``.
 
 Also here: lending the ``X509`` inside an ``_ssl.Certificate`` (``lend``), which skips
 ``d2i_X509``, with the checks that make reading that pointer safe, and DER decoding
@@ -17,7 +18,6 @@ import ctypes
 import functools
 import ssl
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,28 +60,18 @@ _SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
     "X509_verify_cert": (ctypes.c_int, (_P,)),
     "X509_verify_cert_error_string": (ctypes.c_char_p, (ctypes.c_long,)),
 }
-_SSL_SIGNATURES: dict[str, tuple[Any, tuple[Any, ...]]] = {
-    # Only to learn the security level a default client context gets (see bind).
-    "TLS_client_method": (_P, ()),
-    "SSL_CTX_new": (_P, (_P,)),
-    "SSL_CTX_free": (None, (_P,)),
-    "SSL_CTX_set_cipher_list": (ctypes.c_int, (_P, ctypes.c_char_p)),
-    "SSL_CTX_get_security_level": (ctypes.c_int, (_P,)),
-}
 
 
 @dataclass(frozen=True, slots=True)
 class _OpenSSL:
     crypto: ctypes.CDLL
-    auth_level: int  # SSL_get_security_level of a default client: keys, digests
-    verify_flags: int  # X509_V_FLAG_* of a default client (TRUSTED_FIRST on 3.11)
-    host_flags: int  # X509_CHECK_FLAG_* of a default client
+    host_flags: int  # X509_CHECK_FLAG_* for every policy
 
 
 def _loaded_library(stem: str) -> ctypes.CDLL:
     """The copy of lib<stem> this process already mapped for ``_ssl`` (dlopen shares it).
 
-    Checked by version: OpenSSL_version_num resolves through libssl to the libcrypto it uses.
+    Checked by version: OpenSSL_version_num is the library's own.
     """
     paths = []
     try:
@@ -110,38 +100,19 @@ def _if_ours(path: str) -> ctypes.CDLL | None:
 
 @functools.cache
 def bind() -> _OpenSSL:
-    """Bind libcrypto once and read the default client's verification settings."""
+    """Bind libcrypto once. Nothing here depends on the running interpreter's defaults."""
     if ssl.OPENSSL_VERSION_INFO[0] != 3:
         raise RuntimeError(f"verify needs OpenSSL 3, _ssl uses {ssl.OPENSSL_VERSION}")
-    crypto, libssl = _loaded_library("crypto"), _loaded_library("ssl")
-    for lib, table in ((crypto, _SIGNATURES), (libssl, _SSL_SIGNATURES)):
-        for name, (restype, argtypes) in table.items():
-            func = getattr(lib, name)
-            func.restype, func.argtypes = restype, argtypes
-    # The level comes from the cipher string CPython sets on every new context
-    # ("@SECLEVEL=2:..." since 3.10) over the level OpenSSL's config gave SSL_CTX_new;
-    # replaying both calls reads it exactly, whatever the build or openssl.cnf says.
-    ctx = libssl.SSL_CTX_new(libssl.TLS_client_method())
-    try:
-        ciphers = str(getattr(ssl, "_DEFAULT_CIPHERS", "DEFAULT")).encode()
-        if not libssl.SSL_CTX_set_cipher_list(ctx, ciphers):
-            raise RuntimeError("cannot replay the stdlib's default cipher string")
-        auth_level = int(libssl.SSL_CTX_get_security_level(ctx))
-    finally:
-        libssl.SSL_CTX_free(ctx)
-    # Verify flags as the running interpreter's create_default_context sets them: only
-    # TRUSTED_FIRST (the SSLContext default) on 3.11 and 3.12; 3.13 adds X509_STRICT and
-    # PARTIAL_CHAIN there, and only there (a bare SSLContext still has TRUSTED_FIRST alone),
-    # so the flags are read from a real default context. An empty capath keeps it from
-    # loading the system store (the flags do not depend on what it loads).
+    crypto = _loaded_library("crypto")
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        func = getattr(crypto, name)
+        func.restype, func.argtypes = restype, argtypes
     # Host flags: names from the SAN only (DESIGN's contract, and what browsers do), so
     # NEVER_CHECK_SUBJECT (0x20) is set even though 3.11's default client still falls back
     # to the subject CN when a certificate has no DNS SAN (hostname_checks_common_name is
     # True there). NO_PARTIAL_WILDCARDS (0x4) is what _ssl always sets.
-    with tempfile.TemporaryDirectory() as empty:
-        client = ssl.create_default_context(capath=empty)
     host_flags = 0x4 | 0x20
-    return _OpenSSL(crypto, auth_level, int(client.verify_flags), host_flags)
+    return _OpenSSL(crypto, host_flags)
 
 
 # -- lending the X509 inside an _ssl.Certificate ---------------------------------------------

@@ -7,6 +7,7 @@ null (or [] for `chain`). Keys are only ever added, never renamed; `schema_versi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from . import certs
 from .errors import ErrorType, ProbeError, Stage, internal
 from .probe import ProbeOutcome
 from .targets import BadLine, Target
-from .verify import TrustStore, verify_chain
+from .verify import Policy, TrustStore, verify_chain
 
 SCHEMA_VERSION = 1
 
@@ -47,6 +48,22 @@ def _base(target: str, host: str | None, port: int | None, now: datetime) -> Rec
     }
 
 
+def sent_sni(name: str | None) -> str | None:
+    """The SNI a client handed ``name`` as server_hostname puts on the wire, or None.
+
+    _ssl sends no SNI for a name OpenSSL parses as an IP address (a2i_IPADDRESS; RFC 6066
+    forbids literals there): IPv4 and IPv6 literals, though not an IPv6 one with a zone,
+    which OpenSSL does not parse and so sends as it is.
+    """
+    if name is None:
+        return None
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return name
+    return name if getattr(address, "scope_id", None) else None
+
+
 def bad_line_record(bad: BadLine, *, now: datetime) -> Record:
     record = _base(bad.text, None, None, now)
     record["error"] = ProbeError(ErrorType.INVALID_TARGET, Stage.TARGET, bad.message).as_dict()
@@ -57,18 +74,22 @@ def error_record(target: Target, error: ProbeError, *, now: datetime) -> Record:
     """A record for a target whose probe never produced an outcome (a crash, a stopped scan)."""
     record = _base(target.text, target.host, target.port, now)
     record["ip"] = target.ip
-    record["sni"] = target.sni
+    record["sni"] = sent_sni(target.sni)
     record["error"] = error.as_dict()
     return record
 
 
 def probe_record(
-    target: Target, outcome: ProbeOutcome, *, now: datetime, store: TrustStore | None
+    target: Target, outcome: ProbeOutcome, *, now: datetime, store: TrustStore | None,
+    policy: Policy = "default",
 ) -> Record:
-    """The record of one probe: certificate facts and, with a trust store, the verdict."""
+    """The record of one probe: certificate facts and, with a trust store, the verdict
+    (under verification ``policy``)."""
     record = _base(target.text, target.host, target.port, now)
     record["ip"] = outcome.ip
-    record["sni"] = target.sni
+    # What went out, not what was asked for: an IP literal as the server name sends none.
+    # The name the verdict checked is validation.server_name.
+    record["sni"] = sent_sni(target.sni)
     record["timing_ms"] = outcome.timings.as_dict()
     handshake = outcome.handshake
     if handshake is not None:
@@ -87,7 +108,7 @@ def probe_record(
                 ]
                 if store is not None:
                     verdict = verify_chain(handshake.native or handshake.chain, store,
-                                           server_name=target.server_name)
+                                           server_name=target.server_name, policy=policy)
                     record["validation"] = verdict.as_dict()
             except Exception as exc:  # a bug in our parsing, not the server's fault
                 record["error"] = internal(exc, Stage.CERTIFICATE).as_dict()

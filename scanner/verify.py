@@ -4,6 +4,11 @@ Answered without a second connection by OpenSSL's own ``X509_verify_cert``, call
 ctypes in the very libcrypto ``_ssl`` is linked against, with the parameters libssl's
 ``ssl_verify_cert_chain`` sets: the stdlib's verdict by construction, not by imitation.
 
+Which default context: the parameters are pinned per policy (``POLICIES``), not read from the
+running interpreter, so a verdict does not change with the Python that runs certscan.
+``default`` is what ``create_default_context`` sets on Python 3.11 and 3.12; ``strict`` adds
+the two flags 3.13 adds there.
+
 The chain may be DER bytes or the ``_ssl.Certificate`` objects a handshake already decoded
 (``ssl_object._sslobj.get_unverified_chain()``): those lend their ``X509`` directly, which
 skips ``d2i_X509``, by far the largest cost of a call under OpenSSL 3.0 (see ``lend`` in
@@ -21,9 +26,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 
 from .openssl import bind, decode, lend
+
+Policy = Literal["default", "strict"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    verify_flags: int  # X509_V_FLAG_*
+    auth_level: int  # the security level: minimum key sizes and signature digests
+
+
+# X509_V_FLAG_* values from OpenSSL's x509_vfy.h (the same numbers as ssl.VERIFY_X509_*).
+_TRUSTED_FIRST = 0x8000  # what every SSLContext sets (and OpenSSL's own default since 1.1.0)
+_X509_STRICT = 0x20  # RFC 5280 profile checks (3.0: X509_V_ERR 80-94), EC explicit params
+_PARTIAL_CHAIN = 0x80000  # any store certificate is an anchor, not only self-signed roots
+POLICIES: dict[str, _Params] = {
+    # create_default_context() on 3.11 and 3.12: TRUSTED_FIRST only. Auth level 2: the
+    # "@SECLEVEL=2" CPython (3.10+) puts at the head of every context's cipher string, which
+    # is what libssl hands X509_verify_cert (SSL_get_security_level).
+    "default": _Params(_TRUSTED_FIRST, 2),
+    # 3.13's create_default_context: the same plus X509_STRICT and PARTIAL_CHAIN.
+    "strict": _Params(_TRUSTED_FIRST | _X509_STRICT | _PARTIAL_CHAIN, 2),
+}
 
 # X509_V_ERR_* -> reason, numbers from OpenSSL 3.0 include/openssl/x509_vfy.h (they were
 # renumbered in 3.0: 24 was INVALID_CA in 1.1.1, so the table is only read under OpenSSL 3).
@@ -31,9 +58,11 @@ _REASONS: dict[int, str] = {
     # Dates of any certificate in the built chain.
     9: "not_yet_valid",  # CERT_NOT_YET_VALID
     10: "expired",  # CERT_HAS_EXPIRED
-    # The chain ends in a self-signed certificate the store does not hold.
-    18: "self_signed",  # DEPTH_ZERO_SELF_SIGNED_CERT: the leaf itself
-    19: "self_signed",  # SELF_SIGNED_CERT_IN_CHAIN: a root the server sent
+    # The leaf is its own issuer (and the store does not hold it).
+    18: "self_signed",  # DEPTH_ZERO_SELF_SIGNED_CERT
+    # The chain ends in a root the store does not hold, which the server sent (19); the
+    # same chain without that root is 2/20 below, also untrusted_root.
+    19: "untrusted_root",  # SELF_SIGNED_CERT_IN_CHAIN
     # Signatures that do not verify or cannot be read.
     4: "bad_signature",  # UNABLE_TO_DECRYPT_CERT_SIGNATURE
     7: "bad_signature",  # CERT_SIGNATURE_FAILURE
@@ -64,11 +93,13 @@ _NAME_ERRORS = {62: "Hostname mismatch", 64: "IP address mismatch"}
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The stdlib client's answer for one chain, name and store.
+    """The stdlib client's answer for one chain, name, store and policy.
 
     ``hostname_match`` is None when no name was given; ``reason`` is None exactly when
     ``trusted``. ``code`` (the X509_V_ERR code, 0 when trusted) and ``verify_message`` (the
     stdlib's wording) are kept for ``to_ssl_error`` and are not part of ``as_dict``.
+    ``server_name`` is the name checked (as the stdlib encodes it: IDNA A-labels) or None;
+    ``policy`` the verification policy that judged.
     """
 
     trusted: bool
@@ -78,6 +109,8 @@ class Verdict:
     store: str
     code: int = 0
     verify_message: str = "ok"
+    server_name: str | None = None
+    policy: str = "default"
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -86,6 +119,8 @@ class Verdict:
             "reason": self.reason,
             "message": self.message,
             "store": self.store,
+            "server_name": self.server_name,
+            "policy": self.policy,
         }
 
 
@@ -186,7 +221,7 @@ def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
 
 def verify_chain(
     chain: Sequence[bytes | _ssl.Certificate], store: TrustStore, *, server_name: str | None,
-    at: datetime | None = None,
+    at: datetime | None = None, policy: Policy = "default",
 ) -> Verdict:
     """Verify ``chain`` (leaf first, as the server sent it) for ``server_name``.
 
@@ -199,12 +234,17 @@ def verify_chain(
 
     ``server_name`` is what the client would pass as ``server_hostname`` (DNS name or IP
     literal); None checks the chain only and leaves ``hostname_match`` None. ``at`` (naive
-    means UTC) replaces the current time. ValueError for an empty or undecodable chain and
-    for names the stdlib client itself refuses (empty, leading dot, not IDNA-encodable);
-    TypeError for a chain item that is neither DER bytes nor a certificate object.
+    means UTC) replaces the current time. ``policy`` picks the pinned parameters
+    (``POLICIES``): "default" (Python 3.11/3.12's default context) or "strict" (3.13's).
+    ValueError for an empty or undecodable chain, an unknown policy and for names the stdlib
+    client itself refuses (empty, leading dot, not IDNA-encodable); TypeError for a chain
+    item that is neither DER bytes nor a certificate object.
     """
     if not chain:
         raise ValueError("empty chain")
+    params = POLICIES.get(policy)
+    if params is None:
+        raise ValueError(f"unknown verify policy {policy!r}: expected one of {sorted(POLICIES)}")
     name = _client_hostname(server_name)
     ossl = bind()
     lib = ossl.crypto
@@ -226,11 +266,12 @@ def verify_chain(
         if not lib.X509_STORE_CTX_init(ctx, store._ptr, certs[0], stack):
             raise MemoryError("X509_STORE_CTX_init")  # its only failure mode
         # libssl's ssl_verify_cert_chain: "ssl_server" defaults (purpose and trust
-        # SSL_SERVER, default depth), then the SSL's auth level, flags and name.
+        # SSL_SERVER, default depth), then the SSL's auth level, flags and name: here the
+        # policy's, pinned, not the running interpreter's.
         lib.X509_STORE_CTX_set_default(ctx, b"ssl_server")
         param = lib.X509_STORE_CTX_get0_param(ctx)
-        lib.X509_VERIFY_PARAM_set_auth_level(param, ossl.auth_level)
-        lib.X509_VERIFY_PARAM_set_flags(param, ossl.verify_flags)
+        lib.X509_VERIFY_PARAM_set_auth_level(param, params.auth_level)
+        lib.X509_VERIFY_PARAM_set_flags(param, params.verify_flags)
         lib.X509_VERIFY_PARAM_set_hostflags(param, ossl.host_flags)
         is_ip = False
         if name is not None:
@@ -265,11 +306,13 @@ def verify_chain(
         for cert in certs:
             lib.X509_free(cert)
         lib.ERR_clear_error()
-    shown = _verify_message(lib, code, None if name is None else name.decode())
+    checked = None if name is None else name.decode()
+    shown = _verify_message(lib, code, checked)
     return Verdict(
         trusted=ok, hostname_match=match, reason=reason,
         message="ok" if ok else f"{shown} (X509_V_ERR {code})",
         store=store.label, code=code, verify_message=shown,
+        server_name=checked, policy=policy,
     )
 
 

@@ -3,7 +3,8 @@
 Every scenario is a chain as a server would send it, the server's key, a root bundle for the
 client and the name the client asks for. ``stdlib_verdict`` is the oracle: an in-memory
 handshake between a SECLEVEL=0 server (so it can even load RSA-1024 or SHA-1 certificates)
-and ``ssl.create_default_context(cafile=roots)``.
+and ``ssl.create_default_context(cafile=roots)`` with the policy's verify flags
+(``CLIENT_FLAGS``: for "default" exactly what 3.11 and 3.12 set, for "strict" what 3.13 sets).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import functools
 import ipaddress
 import ssl
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,11 +69,15 @@ def issue(
     not_before: dt.datetime = NOW - 100 * DAY,
     not_after: dt.datetime = NOW + 30 * DAY,
     digest: hashes.HashAlgorithm | None = None,
+    akid: bool = True,
+    bc_critical: bool = True,
 ) -> Issued:
     """A certificate for ``cn`` signed by ``issuer`` (self-signed when None).
 
     ``ca=None`` leaves basicConstraints out altogether; signatures are SHA-256 (Ed25519 has
     its own), or SHA-1 when ``digest`` is ``hashes.SHA1()`` (RSA signers only).
+    ``akid=False`` leaves out the authorityKeyIdentifier and ``bc_critical=False`` marks
+    basicConstraints non-critical: both legal, both refused by OpenSSL's X509_STRICT.
     """
     own = key(key_kind, slot or cn)
     signer = issuer.key if issuer else own
@@ -87,12 +91,14 @@ def issue(
         .not_valid_before(not_before)
         .not_valid_after(not_after)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(own.public_key()), False)
-        .add_extension(
+    )
+    if akid:
+        builder = builder.add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
         )
-    )
     if ca is not None:
-        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None),
+                                        bc_critical)
     if ca:
         usage = dict.fromkeys(
             ("digital_signature", "content_commitment", "key_encipherment",
@@ -228,13 +234,14 @@ def scenarios() -> tuple[Scenario, ...]:
     s.append(_scenario("incomplete-chain", [leaf], [root], host, "incomplete_chain"))
     s.append(_scenario("bad-signature", [leaf, inter], [root], host, "bad_signature",
                        tamper=_flip_last_byte))
-    # 3.13's create_default_context sets VERIFY_X509_PARTIAL_CHAIN: a store certificate is
-    # then an anchor even when it is not a root.
-    partial = sys.version_info >= (3, 13)
+    # Trusted under "strict" only (PARTIAL_CHAIN: any store certificate is an anchor).
     s.append(_scenario("store-holds-intermediate-only", [leaf], [inter], host,
-                       None if partial else "untrusted_root"))
+                       "untrusted_root"))
     other = issue("Other Root", ca=True)
     s.append(_scenario("untrusted-root", [leaf, inter], [other], host, "untrusted_root"))
+    # The server sends its own root, which the store lacks (X509_V_ERR 19): not self_signed.
+    s.append(_scenario("chain-with-unknown-root", [leaf, inter, root], [other], host,
+                       "untrusted_root"))
 
     i1 = issue("Long Intermediate 1", root, ca=True)
     i2 = issue("Long Intermediate 2", i1, ca=True)
@@ -293,7 +300,46 @@ def scenarios() -> tuple[Scenario, ...]:
     s.append(_scenario("sha1-root-is-fine",
                        [issue(host, sha1_root_inter, slot="leaf", dns=(host,)),
                         sha1_root_inter], [sha1_root], host, None))
+    # Legal under RFC 5280 and accepted by default, refused by X509_STRICT ("strict").
+    loose_inter = issue("Loose Intermediate", root, ca=True, bc_critical=False)
+    s.append(_scenario("ca-basic-constraints-not-critical",
+                       [issue(host, loose_inter, slot="leaf", dns=(host,)), loose_inter],
+                       [root], host, None))
+    leaf_case("leaf-without-akid", None, akid=False)
     return tuple(s)
+
+
+# Scenarios judged otherwise under the "strict" policy: id -> (reason, X509_V_ERR code).
+STRICT: dict[str, tuple[str | None, int]] = {
+    "store-holds-intermediate-only": (None, 0),  # PARTIAL_CHAIN
+    "ca-basic-constraints-not-critical": ("other", 89),  # X509_STRICT: CA_BCONS_NOT_CRITICAL
+    "leaf-without-akid": ("other", 85),  # X509_STRICT: MISSING_AUTHORITY_KEY_IDENTIFIER
+}
+
+
+def expected_reason(scenario: Scenario, policy: str) -> str | None:
+    if policy == "strict" and scenario.id in STRICT:
+        return STRICT[scenario.id][0]
+    return scenario.reason
+
+
+# The oracle's verify flags per policy, spelled from the ssl module, not from scanner:
+# create_default_context sets TRUSTED_FIRST alone on 3.11 and 3.12; 3.13 adds the other two.
+CLIENT_FLAGS: dict[str, ssl.VerifyFlags] = {
+    "default": ssl.VERIFY_X509_TRUSTED_FIRST,
+    "strict": (ssl.VERIFY_X509_TRUSTED_FIRST | ssl.VERIFY_X509_STRICT
+               | ssl.VERIFY_X509_PARTIAL_CHAIN),
+}
+
+
+def client_context(roots: Path, policy: str = "default") -> ssl.SSLContext:
+    """A verifying stdlib client: ``create_default_context(cafile=roots)`` with the policy's
+    flags (a no-op for "default" on 3.11 and 3.12) and names from the SAN only (the contract;
+    3.11's default would still read a CN when there is no DNS SAN)."""
+    ctx = ssl.create_default_context(cafile=str(roots))
+    ctx.verify_flags = CLIENT_FLAGS[policy]
+    ctx.hostname_checks_common_name = False
+    return ctx
 
 
 @dataclass(frozen=True)
@@ -334,15 +380,12 @@ def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, scenario:
     raise AssertionError(f"{scenario.id}: handshake neither finished nor failed")
 
 
-def stdlib_verdict(scenario: Scenario) -> Handshake:
-    """What ``ssl.create_default_context(cafile=roots)`` says, over a real TLS handshake."""
+def stdlib_verdict(scenario: Scenario, policy: str = "default") -> Handshake:
+    """What ``client_context(roots, policy)`` says, over a real TLS handshake."""
     with tempfile.TemporaryDirectory() as tmp:
         server_ctx = _server_context(scenario, tmp)
         roots = scenario.write_roots(Path(tmp))
-        client_ctx = ssl.create_default_context(cafile=str(roots))
-        # The contract judges names from the SAN only; 3.11's default would still read a
-        # CN when there is no DNS SAN.
-        client_ctx.hostname_checks_common_name = False
+        client_ctx = client_context(roots, policy)
     try:
         _handshake(client_ctx, server_ctx, scenario)
     except ssl.SSLCertVerificationError as exc:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trustme
 
+from scanner.config import ConfigError, ScanConfig
 from schema import checked
 from servers import free_port, next_address, server_context, tls_server
 
@@ -134,3 +135,32 @@ async def test_progress_is_drawn_on_a_terminal(ca: trustme.CA, tmp_path: Path) -
     assert "\x1b[2K" in text  # the live line is redrawn in place
     assert "300 records in" in text and "ok 300" in text
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 300
+
+
+async def test_verify_policy_flag(tmp_path: Path) -> None:
+    # The store holds only the intermediate: an anchor under "strict" (PARTIAL_CHAIN), not
+    # under "default" (the root is missing).
+    child = trustme.CA().create_child_ca()
+    roots = tmp_path / "intermediate.pem"
+    child.cert_pem.write_to_path(str(roots))
+    async with tls_server(server_context(child.issue_cert("policy.test"))) as server:
+        got: dict[str, dict[str, Any]] = {}
+        for policy in ("default", "strict"):
+            code, stdout, stderr = await run(
+                CERTSCAN, "scan", "-q", "-t", f"{server.target} policy.test",
+                "--ca-bundle", str(roots), "--verify-policy", policy,
+            )
+            assert code == 0, stderr
+            (got[policy],) = records(stdout)
+    assert got["default"]["validation"]["policy"] == "default"
+    assert got["default"]["validation"]["reason"] == "untrusted_root"
+    assert got["strict"]["validation"]["policy"] == "strict"
+    assert got["strict"]["validation"]["trusted"] is True
+
+
+async def test_an_unknown_verify_policy_is_a_usage_error() -> None:
+    code, stdout, stderr = await run(CERTSCAN, "scan", "-t", "x", "--verify-policy", "lenient")
+    assert code == 2 and stdout == b""
+    assert "--verify-policy" in stderr.decode()
+    with pytest.raises(ConfigError, match=r"^verify_policy: "):
+        ScanConfig(verify_policy="lenient")  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import trustme
 
 import pki
 from scanner import openssl
-from scanner.verify import TrustStore, Verdict, to_ssl_error, verify_chain
+from scanner.verify import POLICIES, Policy, TrustStore, Verdict, to_ssl_error, verify_chain
 
 SCENARIOS = {s.id: s for s in pki.scenarios()}
 
@@ -42,17 +42,21 @@ def store_for(tmp_path: Path) -> Iterator[dict[str, TrustStore]]:
         store.close()
 
 
+@pytest.mark.parametrize("policy", ["default", "strict"])
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
 def test_agrees_with_the_stdlib_client(
-    scenario: pki.Scenario, store_for: dict[str, TrustStore]
+    scenario: pki.Scenario, policy: Policy, store_for: dict[str, TrustStore]
 ) -> None:
-    oracle = pki.stdlib_verdict(scenario)
+    # "default" against create_default_context as 3.11 and 3.12 build it, "strict" against
+    # the same with the two flags 3.13 adds (pki.CLIENT_FLAGS).
+    oracle = pki.stdlib_verdict(scenario, policy)
     verdict = verify_chain(scenario.chain, store_for[scenario.id],
-                           server_name=scenario.server_name)
+                           server_name=scenario.server_name, policy=policy)
 
     assert (verdict.trusted, verdict.code) == (oracle.accepted, oracle.verify_code)
     assert verdict.verify_message == oracle.verify_message
-    assert verdict.reason == scenario.reason
+    assert verdict.reason == pki.expected_reason(scenario, policy)
+    assert (verdict.policy, verdict.server_name) == (policy, scenario.server_name)
     if verdict.trusted:
         assert verdict.message == "ok"
         assert verdict.hostname_match is True
@@ -85,8 +89,109 @@ def test_as_dict_has_exactly_the_record_keys(store_for: dict[str, TrustStore]) -
         "reason": "expired",
         "message": "certificate has expired (X509_V_ERR 10)",
         "store": store_for[s.id].label,
+        "server_name": s.server_name,
+        "policy": "default",
     }
     assert verdict.code == 10
+    strict = verify_chain(s.chain, store_for[s.id], server_name=None, policy="strict")
+    assert (strict.as_dict()["server_name"], strict.as_dict()["policy"]) == (None, "strict")
+
+
+def test_self_signed_means_the_leaf_is_its_own_issuer(store_for: dict[str, TrustStore]) -> None:
+    # 18 (DEPTH_ZERO_SELF_SIGNED_CERT): the leaf signed itself.
+    leaf = SCENARIOS["self-signed-leaf"]
+    verdict = verify_chain(leaf.chain, store_for[leaf.id], server_name=leaf.server_name)
+    assert (verdict.reason, verdict.code) == ("self_signed", 18)
+    # 19 (SELF_SIGNED_CERT_IN_CHAIN): a proper chain whose root, sent by the server, the
+    # store does not hold. The same chain without the root (20) reads the same.
+    sent = SCENARIOS["chain-with-unknown-root"]
+    with_root = verify_chain(sent.chain, store_for[sent.id], server_name=sent.server_name)
+    without = verify_chain(sent.chain[:2], store_for[sent.id], server_name=sent.server_name)
+    assert (with_root.reason, with_root.code) == ("untrusted_root", 19)
+    assert (without.reason, without.code) == ("untrusted_root", 20)
+    assert with_root.hostname_match is True
+
+
+def test_the_policies_are_pinned() -> None:
+    assert POLICIES["default"].verify_flags == ssl.VERIFY_X509_TRUSTED_FIRST
+    assert POLICIES["strict"].verify_flags == (
+        ssl.VERIFY_X509_TRUSTED_FIRST | ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN)
+    assert POLICIES["default"].auth_level == POLICIES["strict"].auth_level == 2
+    # What they stand for: create_default_context of 3.11/3.12 ("default"), of 3.13+
+    # ("strict"), at the security level CPython's cipher string sets on every context.
+    client = ssl.create_default_context()
+    stands_for = "default" if sys.version_info < (3, 13) else "strict"
+    assert client.verify_flags == POLICIES[stands_for].verify_flags
+    assert client.security_level == POLICIES[stands_for].auth_level
+    assert pki.CLIENT_FLAGS[stands_for] == client.verify_flags
+
+
+def test_x509_strict_refuses_what_the_default_policy_accepts(
+    store_for: dict[str, TrustStore],
+) -> None:
+    # Both legal under RFC 5280 (and accepted by 3.11's default client); X509_STRICT
+    # (3.13's default client) requires a critical basicConstraints in a CA certificate and
+    # an authorityKeyIdentifier in every certificate but the anchor.
+    for sid, code, words in [
+        ("ca-basic-constraints-not-critical", 89, "Basic Constraints of CA cert not marked"),
+        ("leaf-without-akid", 85, "Missing Authority Key Identifier"),
+    ]:
+        s = SCENARIOS[sid]
+        default = verify_chain(s.chain, store_for[sid], server_name=s.server_name)
+        strict = verify_chain(s.chain, store_for[sid], server_name=s.server_name,
+                              policy="strict")
+        assert (default.trusted, default.reason, default.policy) == (True, None, "default")
+        assert (strict.trusted, strict.reason, strict.code) == (False, "other", code)
+        assert strict.message.startswith(words) and strict.policy == "strict"
+        assert strict.hostname_match is True
+
+
+def test_partial_chain_trusts_an_intermediate_alone_in_the_store(
+    store_for: dict[str, TrustStore],
+) -> None:
+    s = SCENARIOS["store-holds-intermediate-only"]
+    default = verify_chain(s.chain, store_for[s.id], server_name=s.server_name)
+    strict = verify_chain(s.chain, store_for[s.id], server_name=s.server_name, policy="strict")
+    assert (default.trusted, default.reason, default.code) == (False, "untrusted_root", 2)
+    assert (strict.trusted, strict.reason) == (True, None)
+
+
+def test_an_unknown_policy_raises(store_for: dict[str, TrustStore]) -> None:
+    s = SCENARIOS["wildcard-match"]
+    with pytest.raises(ValueError, match="policy"):
+        verify_chain(s.chain, store_for[s.id], server_name=s.server_name,
+                     policy="lenient")  # type: ignore[arg-type]
+
+
+def test_the_verdict_does_not_follow_the_interpreters_defaults(
+    monkeypatch: pytest.MonkeyPatch, store_for: dict[str, TrustStore],
+) -> None:
+    # The running interpreter's defaults dressed up as another's: a default context with
+    # 3.13's flags and a cipher string at security level 0. Verdicts must not move.
+    cases = ("store-holds-intermediate-only", "ca-basic-constraints-not-critical",
+             "leaf-without-akid", "rsa1024-leaf", "sha1-leaf")
+    before = {sid: verify_chain(SCENARIOS[sid].chain, store_for[sid],
+                                server_name=SCENARIOS[sid].server_name) for sid in cases}
+    real = ssl.create_default_context
+
+    def other_interpreter(*args: object, **kwargs: object) -> ssl.SSLContext:
+        ctx = real(*args, **kwargs)  # type: ignore[arg-type]
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT | ssl.VERIFY_X509_PARTIAL_CHAIN
+        return ctx
+
+    try:
+        with monkeypatch.context() as m:
+            m.setattr(ssl, "create_default_context", other_interpreter)
+            m.setattr(ssl, "_DEFAULT_CIPHERS", "@SECLEVEL=0:ALL", raising=False)
+            openssl.bind.cache_clear()  # bound afresh, as in a new process
+            after = {sid: verify_chain(SCENARIOS[sid].chain, store_for[sid],
+                                       server_name=SCENARIOS[sid].server_name)
+                     for sid in cases}
+    finally:
+        openssl.bind.cache_clear()  # bound again, with the real defaults, on next use
+    assert after == before
+    assert [before[sid].reason for sid in cases] == [
+        "untrusted_root", None, None, "weak_key", "weak_signature"]
 
 
 def test_at_replaces_the_clock(store_for: dict[str, TrustStore]) -> None:
