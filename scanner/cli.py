@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
+import stat
 import sys
+import traceback
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from . import __version__
-from .config import DEFAULT_CONCURRENCY, DEFAULT_TIMEOUT, ConfigError, ScanConfig
+from .config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_TIMEOUT,
+    ConfigError,
+    ScanConfig,
+    parse_alpn,
+    parse_ports,
+)
+from .pool import GRACE
 from .progress import Progress
-from .runtime import raise_nofile_limit, run_with_loop
-from .sink import Output, repair_and_index, skip_done
-from .targets import TargetError, parse_server_name, read_targets
+from .runtime import raise_nofile_limit, reserve_standard_fds, run_with_loop
+from .sink import Output, OutputError, repair_and_index, skip_done
+from .targets import InputError, TargetError, parse_server_name, read_targets
 from .verify import TrustStore
 from .workers import LocalRun, Worker, WorkerRun, fork_workers, share_of
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader went away: what `cat` would exit with
 
 
 class UsageError(Exception):
@@ -26,21 +40,10 @@ class UsageError(Exception):
 
 
 def _ports(text: str) -> tuple[int, ...]:
-    ports: list[int] = []
-    for raw in text.split(","):
-        part = raw.strip()
-        if "-" in part:
-            low, _, high = part.partition("-")
-            if not (low.isdigit() and high.isdigit()) or int(low) > int(high):
-                raise argparse.ArgumentTypeError(f"invalid port range {part!r}")
-            ports.extend(range(int(low), int(high) + 1))
-        elif part.isdigit():
-            ports.append(int(part))
-        else:
-            raise argparse.ArgumentTypeError(f"invalid port {part!r}")
-    if not ports or any(not 1 <= p <= 65535 for p in ports):
-        raise argparse.ArgumentTypeError(f"ports must be 1-65535, got {text!r}")
-    return tuple(dict.fromkeys(ports))
+    try:
+        return parse_ports(text)  # shared with ScanConfig, which takes the same string
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("ports: ")) from None
 
 
 def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
@@ -57,7 +60,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 
 def _alpn(text: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in text.split(",") if p.strip())
+    return parse_alpn(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"deadline per target, all stages (default {DEFAULT_TIMEOUT:g})")
     scan.add_argument("--ca-bundle", metavar="PATH|DIR|system|certifi",
                       help="judge each chain against this trust store (default: no verdict)")
+    scan.add_argument("--verify-policy", choices=("default", "strict"), default="default",
+                      help="verdict parameters, pinned: default = Python 3.11/3.12's default "
+                           "context; strict = 3.13's (adds X509_STRICT, PARTIAL_CHAIN)")
     scan.add_argument("--alpn", type=_alpn, default=("h2", "http/1.1"), metavar="LIST",
                       help="ALPN protocols to offer (default h2,http/1.1; '' for none)")
     scan.add_argument("--retries", type=int, default=0, metavar="N",
@@ -140,23 +146,38 @@ def _config(args: argparse.Namespace) -> ScanConfig:
             nameservers=tuple(args.nameserver),
             handshakes=args.handshakes,
             loop=args.loop,
+            verify_policy=args.verify_policy,
         )
     except ConfigError as exc:
         flag = "--" + str(exc).split(":", 1)[0].replace("_", "-")
         raise UsageError(f"{flag}: {str(exc).split(':', 1)[1].strip()}") from None
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
+def _inputs(args: argparse.Namespace, closed: frozenset[int]) -> list[str]:
+    """The target lists to read, each checked now: a missing file, a directory or a closed
+    stdin is a usage error before anything starts. (A file that fails part-way through is
+    an InputError during the scan.) FIFOs and /dev/fd/N (process substitution) are files
+    like any other."""
     if args.workers < 1:
         raise UsageError(f"--workers: must be at least 1, got {args.workers}")
     files: list[str] = list(args.files)
     if not files and not args.target:
-        if sys.stdin is None or sys.stdin.isatty():
+        if 0 in closed or sys.stdin is None or sys.stdin.isatty():
             raise UsageError("no targets: give FILEs, - for stdin, or -t TARGET")
         files = ["-"]
     for path in files:
-        if path != "-" and not os.path.isfile(path):
-            raise UsageError(f"target list {path!r}: no such file")
+        if path == "-":
+            if 0 in closed:
+                raise UsageError("target list -: standard input is closed")
+            continue
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise UsageError(f"target list {path!r}: {_reason(exc)}") from None
+        if stat.S_ISDIR(info.st_mode):
+            raise UsageError(f"target list {path!r}: is a directory")
+        if not os.access(path, os.R_OK):
+            raise UsageError(f"target list {path!r}: permission denied")
     if files.count("-") > 1:
         raise UsageError("stdin (-) can be read only once")
     if args.resume and args.output == "-":
@@ -164,64 +185,139 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return files
 
 
-async def _scan(args: argparse.Namespace, config: ScanConfig, files: list[str],
-                store: TrustStore | None, workers: list[Worker]) -> int:
-    done = repair_and_index(args.output) if args.resume else None
-    items = read_targets(files, args.target, ports=config.ports, sni=config.sni)
-    if done:
-        items = skip_done(items, done)
+def _output(args: argparse.Namespace,
+            closed: frozenset[int]) -> tuple[Output, Counter[int] | None]:
+    """The output, opened now so that a bad -o is a usage error before the scan starts;
+    with --resume, what it already holds."""
+    if args.output == "-" and 1 in closed:
+        raise UsageError("-o -: standard output is closed; give -o FILE")
+    try:
+        # Before the output is opened for appending: a torn last line is cut first.
+        done = repair_and_index(args.output) if args.resume else None
+        return Output(args.output, append=args.resume), done
+    except OutputError as exc:
+        raise UsageError(f"-o: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"-o {args.output}: {_reason(exc)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Everything settled before the event loop starts."""
+
+    config: ScanConfig
+    files: list[str]
+    done: Counter[int] | None  # with --resume: the records the output already holds
+    store: TrustStore | None
+    workers: list[Worker]
+    out: Output
+
+
+async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
+    config, workers, out = plan.config, plan.workers, plan.out
+    items = read_targets(plan.files, args.target, ports=config.ports, sni=config.sni)
+    if plan.done:
+        items = skip_done(items, plan.done)
     run: LocalRun | WorkerRun = (
-        WorkerRun(items, share_of(config, len(workers) + 1), workers, store) if workers
-        else LocalRun(items, config, store)
+        WorkerRun(items, share_of(config, len(workers) + 1), workers, plan.store) if workers
+        else LocalRun(items, config, plan.store)
     )
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
     received: list[int] = []
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    stop_by = 0.0  # after a stop: when the grace period ends, on the loop's clock
 
     def on_signal(signum: int) -> None:
+        nonlocal stop_by
         if received:  # a second signal: leave now; every line already written is whole
             os._exit(128 + signum)
         received.append(signum)
         progress.note(f"signal {signal.Signals(signum).name}: stopping, finishing in-flight")
         run.stop()
+        # Whatever the consumer or a target list does, the stop takes effect: past the
+        # grace period (and a moment to write what it let finish), the scan ends here.
+        stop_by = loop.time() + GRACE + 1.0
+        loop.call_at(stop_by, task.cancel)
 
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
+    code = EXIT_OK
     try:
-        with Output(args.output, append=args.resume) as out:
-            async for batch in run.batches():
-                out.write(b"".join(line.data for line in batch))
+        async with contextlib.aclosing(run.batches()) as batches:
+            async for batch in batches:
+                await out.write(b"".join(line.data for line in batch))
                 for line in batch:
                     progress.count(line.status, line.error_type)
+        await out.drain()
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        task.uncancel()  # our own stop timer: the grace period is over
+    except OutputError as exc:
+        run.stop()
+        if exc.broken_pipe:  # the reader has had enough: normal, and quiet
+            progress.disable()
+            code = EXIT_BROKEN_PIPE
+        else:
+            progress.note(f"error: {exc}")
+            progress.disable()  # no summary: records the output never took are no news
+            code = EXIT_FATAL
+    except InputError as exc:
+        progress.note(f"error: {exc}")
+        code = EXIT_FATAL
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-        progress.finish()
-    return 128 + received[0] if received else EXIT_OK
+        out.close()
+    progress.finish()
+    if received and code == EXIT_OK:
+        code = 128 + received[0]
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    closed = reserve_standard_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         config = _config(args)
-        files = _inputs(args)
-        store = TrustStore.load(config.ca_bundle) if config.ca_bundle else None
+        files = _inputs(args, closed)
+        try:
+            store = TrustStore.load(config.ca_bundle) if config.ca_bundle else None
+        except ValueError as exc:  # a trust store that cannot be loaded
+            raise UsageError(f"--ca-bundle: {exc}") from None
+        out, done = _output(args, closed)
     except UsageError as exc:
         parser.exit(EXIT_USAGE, f"certscan: error: {exc}\n")
-    except ValueError as exc:  # a trust store that cannot be loaded
-        parser.exit(EXIT_USAGE, f"certscan: error: --ca-bundle: {exc}\n")
     limit_note = raise_nofile_limit(config.concurrency)
     if limit_note.clamped_to is not None:
-        print(f"certscan: {limit_note.message}", file=sys.stderr)
+        _say(limit_note.message)
         config = config.with_concurrency(limit_note.clamped_to)
     # Workers are forked now, before this process has an event loop or a thread; this
     # process's own loop is the first of the N.
-    workers = fork_workers(args.workers - 1, share_of(config, args.workers), store)
+    workers = fork_workers(args.workers - 1, share_of(config, args.workers), store,
+                           close_in_child=out.fileno())
     try:
-        return run_with_loop(config.loop, _scan(args, config, files, store, workers))
+        plan = _Plan(config, files, done, store, workers, out)
+        return run_with_loop(config.loop, _scan(args, plan))
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"certscan: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a bug, or the platform failing us: one line, not a trace
+        _say(f"error: {type(exc).__name__}: {exc}")
+        if os.environ.get("CERTSCAN_DEBUG"):
+            traceback.print_exc()
         return EXIT_FATAL
+
+
+def _reason(exc: OSError) -> str:
+    """"no such file or directory": an OSError's words, to follow a colon."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]
+
+
+def _say(message: str) -> None:
+    """One line on stderr (which may be /dev/null, if it was closed)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(f"certscan: {message}", file=sys.stderr, flush=True)

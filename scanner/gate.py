@@ -60,6 +60,13 @@ class HandshakeGate:
         self._mark_finished = 0
 
     async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    async def acquire(self) -> None:
+        """Wait for a slot. Cancelled while waiting, it holds none."""
         if self._active >= self.limit or self._waiters or self._granted >= self._per_turn:
             future = asyncio.get_running_loop().create_future()
             self._waiters.append(future)
@@ -68,13 +75,14 @@ class HandshakeGate:
             except BaseException:
                 if future.done() and not future.cancelled():
                     self._release()  # we were handed a slot as we were cancelled: pass it on
-                else:
+                elif future in self._waiters:  # (_wake may have dropped it, as done)
                     self._waiters.remove(future)
                 raise
         else:
             self._grant()
 
-    async def __aexit__(self, *exc: object) -> None:
+    def release(self) -> None:
+        """Give back a slot taken by `acquire` (its handshake is done, or failed)."""
         self._finished += 1
         self._release()
         self._maybe_retune()

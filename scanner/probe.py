@@ -58,6 +58,10 @@ class ProbeOutcome:
     handshake: Handshake | None
     error: ProbeError | None
     timings: Timings = field(default_factory=Timings)
+    # The exception behind `error`, as raised (None for a failure certscan itself decided):
+    # only the library's stdlib twin reads it, to raise what `ssl.get_server_certificate`
+    # would have raised. Never part of a record.
+    cause: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
@@ -103,84 +107,114 @@ class Prober:
         timeout: float,
         gate: HandshakeGate,
         retries: int = 0,
-        before_connect: Callable[[], Awaitable[None]] | None = None,
+        before_attempt: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """before_attempt: awaited before each attempt starts (its clock too): --rate's
+        turn. Whatever it raises goes to the caller (a stopped scan's `Stopped`)."""
         self._context = context
         self._resolver = resolver
         self._timeout = timeout
         self._gate = gate
         self._retries = retries
-        self._before_connect = before_connect
+        self._before_attempt = before_attempt
 
     async def probe(self, target: Target) -> ProbeOutcome:
         """Probe until success, a failure that retrying cannot help, or retries run out."""
         attempt = 0
         while True:
+            if self._before_attempt is not None:
+                await self._before_attempt()
             outcome = await self._attempt(target)
             error = outcome.error
             if error is None or attempt >= self._retries or not _retryable(error):
                 return outcome
             attempt += 1
-            await asyncio.sleep(min(0.25 * 2 ** (attempt - 1), 2.0))
+            await asyncio.sleep(backoff_delay(attempt))
 
     async def _attempt(self, target: Target) -> ProbeOutcome:
+        """One attempt. Each stage keeps the target's deadline, and the wait for a handshake
+        slot is bounded by the timeout again; a backstop over the whole attempt holds that
+        bound (`attempt_bound`) even against a bug."""
         timings = Timings()
         clock = Clock(self._timeout)
         started = time.perf_counter()
         stage = Stage.RESOLVE
         ip: str | None = target.ip
         protocol: _HandshakeProtocol | None = None
+        cause: BaseException | None = None
         try:
-            if ip is None:
+            async with asyncio.timeout(attempt_bound(self._timeout)):
+                if ip is None:
+                    t0 = time.perf_counter()
+                    async with asyncio.timeout(clock.remaining()):
+                        ip = (await self._resolver.resolve(target.host))[0]
+                    timings.resolve = _ms(t0, clock)
+
+                stage = Stage.CONNECT
+                # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
+                loop = asyncio.get_running_loop()
+                protocol = _HandshakeProtocol(self._context, target.sni or ip, loop)
                 t0 = time.perf_counter()
                 async with asyncio.timeout(clock.remaining()):
-                    ip = (await self._resolver.resolve(target.host))[0]
-                timings.resolve = _ms(t0, clock)
+                    # An IP literal is not looked up (asyncio and uvloop both parse it); the
+                    # ClientHello goes out from connection_made, before this returns.
+                    await loop.create_connection(lambda: protocol, ip, target.port)
+                timings.connect = _ms(t0, clock, protocol.connected_at)
 
-            stage = Stage.CONNECT
-            if self._before_connect is not None:  # --rate: wait for our turn to connect
-                await self._before_connect()
-            # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-            loop = asyncio.get_running_loop()
-            protocol = _HandshakeProtocol(self._context, target.sni or ip, loop)
-            t0 = time.perf_counter()
-            async with asyncio.timeout(clock.remaining()):
-                # An IP literal is not looked up (asyncio and uvloop both parse it); the
-                # ClientHello goes out from connection_made, before this returns.
-                await loop.create_connection(lambda: protocol, ip, target.port)
-            timings.connect = _ms(t0, clock, protocol.connected_at)
+                stage = Stage.HANDSHAKE
+                t0 = protocol.connected_at
+                # Waiting for the server's first bytes costs us nothing but a socket: a silent
+                # server holds no slot. The protocol keeps the deadline (cheaper than a timeout
+                # context per step). The server has had our ClientHello since connected_at: a
+                # busy loop that resumes us late does not give it more time.
+                await protocol.wait_answer(clock.remaining() - (time.perf_counter() - t0))
+                waited = _ms(t0, clock)
+                # Working through the server's answer is CPU: take a slot first. Waiting for
+                # the slot is our queue, not the server's delay, so it is not on the clock;
+                # but it is bounded, by the timeout again: no target ever waits for ever.
+                await self._take_slot()
+                try:
+                    t0 = time.perf_counter()
+                    await protocol.finish(clock.remaining())
+                    timings.handshake = round(waited + _ms(t0, clock), 3)
+                finally:
+                    self._gate.release()
 
-            stage = Stage.HANDSHAKE
-            t0 = protocol.connected_at
-            # Waiting for the server's first bytes costs us nothing but a socket: a silent
-            # server holds no slot. The protocol keeps the deadline (cheaper than a timeout
-            # context per step). The server has had our ClientHello since connected_at: a
-            # busy loop that resumes us late does not give it more time.
-            await protocol.wait_answer(clock.remaining() - (time.perf_counter() - t0))
-            waited = _ms(t0, clock)
-            # Working through the server's answer is CPU: take a slot first. Waiting for
-            # the slot is our queue, not the server's delay, so it is not on the clock.
-            async with self._gate:
-                t0 = time.perf_counter()
-                await protocol.finish(clock.remaining())
-                timings.handshake = round(waited + _ms(t0, clock), 3)
-
-            stage = Stage.CERTIFICATE
-            handshake = _capture(protocol.ssl_object)
-            error = None if handshake.chain else ProbeError(
-                ErrorType.TLS_ERROR, stage, "the server sent no certificate"
-            )
-            outcome_handshake: Handshake | None = handshake
+                stage = Stage.CERTIFICATE
+                handshake = _capture(protocol.ssl_object)
+                error = None if handshake.chain else ProbeError(
+                    ErrorType.TLS_ERROR, stage, "the server sent no certificate"
+                )
+                outcome_handshake: Handshake | None = handshake
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = classify(exc, stage)
+            cause = exc
             outcome_handshake = None
         finally:
             if protocol is not None:
                 protocol.close()
         timings.total = round((time.perf_counter() - started) * 1000, 3)
-        return ProbeOutcome(ip, outcome_handshake, error, timings)
+        return ProbeOutcome(ip, outcome_handshake, error, timings, cause)
+
+    async def _take_slot(self) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._gate.acquire()
+        except TimeoutError:
+            raise ProbeError(
+                ErrorType.TIMEOUT, Stage.HANDSHAKE,
+                f"the server answered, but no handshake slot came free within "
+                f"{self._timeout:g}s: this scanner is overloaded (lower --concurrency, "
+                f"or --handshakes)") from None
+
+
+# What a probe buffers of a server's answer while it waits for a handshake slot. An alert,
+# an HTTP error page or a whole certificate flight fits; past it, reading pauses until the
+# slot comes, so a server sending endless data costs this much memory, not more (the
+# rest waits in the kernel's socket buffer, and then in the server's).
+_BUFFER_WHILE_WAITING = 32 << 10
 
 
 class _HandshakeProtocol(asyncio.Protocol):
@@ -196,6 +230,11 @@ class _HandshakeProtocol(asyncio.Protocol):
     bytes (or its FIN, or an error) arrive, which are kept unread until `finish`, which
     runs the handshake as data comes and returns when it is done, else raises. Each step
     has its own deadline, a TimeoutError. `close()` aborts the transport either way.
+
+    Between the two, the probe waits for a slot: what the server sends meanwhile is kept
+    (up to _BUFFER_WHILE_WAITING, then reading pauses), and so is a FIN or a reset that
+    follows it, so that an alert or an HTTP page answered-then-closed is read as what it
+    said once the slot comes, not as a bare close.
     """
 
     def __init__(
@@ -219,6 +258,8 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._answered: asyncio.Future[None] = self._loop.create_future()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._admitted = False
+        self._paused = False  # reading paused until admitted (see _BUFFER_WHILE_WAITING)
+        self._lost: BaseException | None = None  # the connection ended before admission
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.connected_at = 0.0
@@ -234,7 +275,11 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     async def finish(self, seconds: float) -> None:
         self._admitted = True
+        if self._paused and self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
         self._handshake()
+        if self._lost is not None:  # what was left unread did not finish the handshake
+            self._fail(self._lost)
         await self._within(self._done, seconds)
 
     async def _within(self, step: asyncio.Future[None], seconds: float) -> None:
@@ -257,21 +302,36 @@ class _HandshakeProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._incoming.write(data)
-        self._advance()
+        if self._admitted:
+            self._handshake()
+            return
+        self._answer()
+        if self._incoming.pending > _BUFFER_WHILE_WAITING and self._transport is not None:
+            self._transport.pause_reading()  # resumed by `finish`
+            self._paused = True
 
     def eof_received(self) -> None:
+        # A FIN: what came before it (an alert, an HTTP error page) is in the BIO, then
+        # the EOF; the handshake reads both, now or once admitted, and says what it was.
         self._incoming.write_eof()
-        self._advance()  # a FIN mid-handshake: OpenSSL raises SSLEOFError
+        if self._admitted:
+            self._handshake()
+        else:
+            self._answer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(exc or ConnectionResetError("connection closed"))
+        lost = exc or ConnectionResetError("connection closed")
+        if self._admitted or not self._incoming.pending:
+            self._fail(lost)  # nothing unread: the loss itself is the answer
+        else:
+            # The server's last words are still unread (an alert, then a close while we
+            # waited for a slot): they, not the close, are the answer, read once admitted.
+            self._lost = lost
+            self._answer()
 
-    def _advance(self) -> None:
-        if not self._admitted:
-            if not self._answered.done():
-                self._answered.set_result(None)
-            return
-        self._handshake()
+    def _answer(self) -> None:
+        if not self._answered.done():
+            self._answered.set_result(None)
 
     def _handshake(self) -> None:
         if self._done.done():  # finished, failed, or past its deadline
@@ -305,6 +365,17 @@ class _HandshakeProtocol(asyncio.Protocol):
         data = self._outgoing.read()
         if data and self._transport is not None:
             self._transport.write(data)
+
+
+def attempt_bound(timeout: float) -> float:
+    """The most wall time one attempt can take: its deadline, at most as long again waiting
+    for a handshake slot, and a little for our own CPU work."""
+    return 2 * timeout + 0.5
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): 0.25, 0.5, 1, then 2."""
+    return float(min(0.25 * 2.0 ** (attempt - 1), 2.0))
 
 
 def _retryable(error: ProbeError) -> bool:

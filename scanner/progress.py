@@ -13,10 +13,12 @@ _REFRESH = 0.5  # seconds between redraws of the live line
 
 
 class Progress:
-    def __init__(self, *, enabled: bool, stream: TextIO) -> None:
-        self._enabled = enabled
+    def __init__(self, *, enabled: bool, stream: TextIO | None) -> None:
+        """stream: stderr; None when the process started with it closed (nothing is
+        written then, nor with `enabled` False)."""
         self._stream = stream
-        self._live = enabled and stream.isatty()
+        self._enabled = enabled and stream is not None
+        self._live = stream is not None and self._enabled and stream.isatty()
         self._started = time.monotonic()
         self._drawn = 0.0
         self.done = 0
@@ -32,13 +34,25 @@ class Progress:
             now = time.monotonic()
             if now - self._drawn >= _REFRESH:
                 self._drawn = now
-                self._stream.write("\r\x1b[2K" + self._line(now))
-                self._stream.flush()
+                self._write("\r\x1b[2K" + self._line(now))
 
     def note(self, message: str) -> None:
-        if self._enabled:
-            self._stream.write(("\r\x1b[2K" if self._live else "") + f"certscan: {message}\n")
+        self._write(("\r\x1b[2K" if self._live else "") + f"certscan: {message}\n")
+
+    def disable(self) -> None:
+        """Nothing more on stderr (a live line is cleared first)."""
+        if self._live:
+            self._write("\r\x1b[2K")
+        self._enabled = self._live = False
+
+    def _write(self, text: str) -> None:
+        if not self._enabled or self._stream is None:
+            return
+        try:
+            self._stream.write(text)
             self._stream.flush()
+        except (OSError, ValueError):  # stderr failing (closed pipe, full disk) ends no scan
+            self._enabled = self._live = False
 
     def _line(self, now: float) -> str:
         elapsed = max(now - self._started, 1e-9)
@@ -55,9 +69,4 @@ class Progress:
                 f"(by type: {errors})")
 
     def finish(self) -> None:
-        if not self._enabled:
-            return
-        if self._live:
-            self._stream.write("\r\x1b[2K")
-        self._stream.write(f"certscan: {self.summary()}\n")
-        self._stream.flush()
+        self._write(("\r\x1b[2K" if self._live else "") + f"certscan: {self.summary()}\n")

@@ -1,8 +1,10 @@
-"""Process set-up a scan needs: the event loop, and enough file descriptors."""
+"""Process set-up a scan needs: the event loop, enough file descriptors, and standard
+descriptors that are really open."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import resource
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -61,3 +63,26 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
 def run_with_loop(name: str, main: Coroutine[Any, Any, T]) -> T:
     with asyncio.Runner(loop_factory=loop_factory(name)) as runner:
         return runner.run(main)
+
+
+def reserve_standard_fds() -> frozenset[int]:
+    """Put /dev/null on each standard descriptor (0, 1, 2) that is closed; return which were.
+
+    cron, daemons and `>&-` can start us with one closed. The first descriptor opened
+    afterwards (a socket, a pipe, the output file) would then take its number, and libuv
+    aborts the process when it closes a descriptor numbered 0 to 2; records written to "fd
+    1" would land in whatever took it. The caller learns which were closed, so that a scan
+    told to read stdin or write stdout can refuse instead of using /dev/null.
+    """
+    closed: list[int] = []
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            closed.append(fd)
+    for fd in closed:  # lowest first: os.open takes the lowest free number
+        got = os.open(os.devnull, os.O_RDWR)
+        if got != fd:
+            os.dup2(got, fd)
+            os.close(got)
+    return frozenset(closed)

@@ -12,10 +12,15 @@ which the scan turns into an `invalid_target` record; it never stops the scan.
 
 from __future__ import annotations
 
+import concurrent.futures
+import functools
 import ipaddress
+import queue
 import sys
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiofiles
@@ -268,29 +273,87 @@ def parse_lines(
             yield BadLine(raw.strip(), source, number, str(exc))
 
 
+class InputError(Exception):
+    """A target list that failed while being read (an I/O error part-way): fatal for the
+    scan, since the targets after the failure would be lost without a trace."""
+
+
+class _ReadThread(concurrent.futures.Executor):
+    """One daemon thread for a target list's blocking reads, handed to aiofiles.
+
+    Not the loop's default executor nor a ThreadPoolExecutor: Python joins those threads at
+    exit, and a read that never returns (stdin from a producer that stalls, a FIFO whose
+    writer never comes) would then hold the process after a stop. A daemon thread is not
+    waited for.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[concurrent.futures.Future[Any], Callable[[], Any]]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="certscan-read", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any,
+               **kwargs: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, call = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._jobs.put(None)
+
+
 async def read_lines(path: str) -> AsyncIterator[str]:
     """Stream the lines of a file ("-": standard input) without loading it whole.
 
-    Reads fixed-size chunks through aiofiles (one thread hop per 64 KiB, not per line) and
-    decodes each line on its own, so one line of bad UTF-8 costs that line, not the file.
+    Reads fixed-size chunks through aiofiles on a daemon thread of its own (one thread hop
+    per 64 KiB, not per line) and decodes each line on its own, so one line of bad UTF-8
+    costs that line, not the file. A UTF-8 byte order mark at the start is not part of the
+    first line. Any file that can be read will do: a FIFO, /dev/fd/N from a process
+    substitution. InputError, naming the file, when a read fails.
     """
-    opened = (
-        aiofiles.open(sys.stdin.fileno(), "rb", closefd=False)
-        if path == "-"
-        else aiofiles.open(path, "rb")
-    )
-    async with opened as stream:
-        pending = b""
-        while True:
-            chunk = await stream.read(_READ_CHUNK)
-            if not chunk:
-                break
-            pending += chunk
-            *complete, pending = pending.split(b"\n")
-            for raw in complete:
-                yield raw.decode("utf-8", errors="replace")
-        if pending:
-            yield pending.decode("utf-8", errors="replace")
+    name = "standard input" if path == "-" else path
+    reads = _ReadThread()
+    try:
+        opened = (
+            aiofiles.open(sys.stdin.fileno() if sys.stdin else 0, "rb", closefd=False,
+                          executor=reads)
+            if path == "-"
+            else aiofiles.open(path, "rb", executor=reads)
+        )
+        async with opened as stream:
+            pending = b""
+            bom_checked = False
+            while True:
+                # read1: what the file has now, up to a chunk; a slow producer's first lines
+                # are scanned at once, not after 64 KiB of them have piled up.
+                chunk = await stream.read1(_READ_CHUNK)
+                pending += chunk
+                if not bom_checked and (len(pending) >= 3 or not chunk):
+                    bom_checked = True
+                    pending = pending.removeprefix(b"\xef\xbb\xbf")
+                if not chunk:
+                    break
+                if bom_checked:
+                    *complete, pending = pending.split(b"\n")
+                    for raw in complete:
+                        yield raw.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise InputError(f"target list {name}: {exc.strerror or exc}") from None
+    finally:
+        reads.shutdown()
 
 
 async def read_targets(

@@ -27,7 +27,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -69,9 +69,10 @@ class LocalRun:
     def stop(self) -> None:
         self._scan.stop()
 
-    async def batches(self) -> AsyncIterator[list[Line]]:
-        async for record in self._scan.records():
-            yield [Line.of(record)]
+    async def batches(self) -> AsyncGenerator[list[Line], None]:
+        async with contextlib.aclosing(self._scan.results()) as results:
+            async for _, record in results:
+                yield [Line.of(record)]
 
 
 def _target_json(tag: int, t: Target) -> bytes:
@@ -93,15 +94,19 @@ class Worker:
 
 def share_of(config: ScanConfig, loops: int) -> ScanConfig:
     """The settings of one of `loops` event loops sharing a scan: its part of the
-    concurrency."""
-    return dataclasses.replace(config, concurrency=max(config.concurrency // loops, 1))
+    concurrency, and of the rate (--rate is the whole scan's, whatever --workers is)."""
+    return dataclasses.replace(
+        config, concurrency=max(config.concurrency // loops, 1),
+        rate=None if config.rate is None else config.rate / loops)
 
 
-def fork_workers(count: int, share: ScanConfig, store: TrustStore | None) -> list[Worker]:
+def fork_workers(count: int, share: ScanConfig, store: TrustStore | None, *,
+                 close_in_child: int = -1) -> list[Worker]:
     """Start `count` workers, each scanning with `share`. Call before any event loop or
     thread exists in this process: a fork copies the imported modules and the loaded trust
     store for free (a fresh interpreter would spend ~0.3 s of CPU importing them again),
-    and forking is only safe while this process is single-threaded."""
+    and forking is only safe while this process is single-threaded. `close_in_child`: a
+    descriptor of the parent's (its output) that workers must not hold."""
     parent = os.getpid()
     # Move everything imported so far out of the collector's reach: a collection in a
     # worker would otherwise write to every object's header and copy the parent's pages
@@ -119,6 +124,8 @@ def fork_workers(count: int, share: ScanConfig, store: TrustStore | None) -> lis
             try:
                 for fd in (targets_w, records_r):
                     os.close(fd)
+                if close_in_child >= 0:
+                    os.close(close_in_child)
                 for worker in workers:  # the earlier workers' pipes are not ours
                     os.close(worker.targets_fd)
                     os.close(worker.records_fd)
@@ -159,7 +166,7 @@ class WorkerRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker.pid, signal.SIGTERM)
 
-    async def batches(self) -> AsyncIterator[list[Line]]:
+    async def batches(self) -> AsyncGenerator[list[Line], None]:
         """Records as they come back; what is ready at once goes out as one batch."""
         loop = asyncio.get_running_loop()
         # Unbounded, and it must be: with a bound, a collector waiting to put a worker's
@@ -232,6 +239,7 @@ class WorkerRun:
                     writer.close()  # EOF: the worker finishes what it has, then exits
 
         async def collect_own(scan: Scan) -> None:
+            # (Cancelled with the others at the end; the scan's own cleanup then runs.)
             async for item, record in scan.results():
                 own_pending.pop(own_tags.pop(id(item)), None)
                 credit.set()
@@ -272,8 +280,13 @@ class WorkerRun:
         ]
 
         async def close() -> None:
-            await asyncio.gather(dealer, *collectors)
+            # Everything ends before the records do: a failing input (the dealer's error)
+            # first lets the workers finish what they were dealt, then ends the scan.
+            ended = await asyncio.gather(dealer, *collectors, return_exceptions=True)
             await out.put(None)
+            for result in ended:
+                if isinstance(result, BaseException):
+                    raise result
 
         closer = asyncio.create_task(close())
         try:
@@ -322,34 +335,27 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
     scan = Scan(targets(), config, store=store)
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, scan.stop)
-    # Plain blocking writes of whole lines: the parent reads as fast as we write, and a full
-    # pipe is exactly the back-pressure we want. The records finished in one turn of the
-    # loop go out in one write, at the end of that turn; the rest at the end of the scan.
-    with Output("worker", fd=records_fd) as out:
-        batch: list[bytes] = []
-
-        def flush() -> None:
-            if batch:
-                out.write(b"".join(batch))
-                batch.clear()
-
-        try:
-            async for item, record in scan.results():
+    # Records go to the parent through the same non-blocking Output as the parent's own:
+    # its thread joins whatever is queued into one write(2), and a parent that stops
+    # reading stalls this loop's records, never the loop (a stop still works).
+    out = Output("worker", fd=records_fd)
+    try:
+        async with contextlib.aclosing(scan.results()) as results:
+            async for item, record in results:
                 line = Line.of(record)
                 head = f"{tags.pop(id(item))}\t{line.status}\t{line.error_type or '-'}\t"
-                if not batch:
-                    loop.call_soon(flush)
-                batch.append(head.encode() + line.data)
-        finally:
-            flush()
+                await out.write(head.encode() + line.data)
+        await out.drain()
+    finally:
+        out.close()
 
 
 def _widen(pipe: int) -> None:
     """Give a pipe the most room an unprivileged process may (1 MiB by default, not 64 KiB).
 
-    A worker writes its records with blocking writes, so a full pipe stops its whole loop
-    until the parent reads; and the parent, scanning its own share, reads only between
-    handshakes. A wide pipe lets the worker run ahead by hundreds of records meanwhile, and
+    A worker's writer thread blocks on a full pipe, and its records then wait (its loop
+    does not); the parent, scanning its own share, reads only between handshakes. A wide
+    pipe lets the worker run ahead by hundreds of records meanwhile, and
     takes a whole deal of targets (a thousand at concurrency 2000) in one write, so that
     the worker starts them all at once instead of as the busy parent finds time to write.
     """
