@@ -123,25 +123,35 @@ class Output:
     async def write(self, data: bytes) -> None:
         """Queue whole lines for writing; wait while too much is queued. OutputError once
         the output has failed."""
+        if self.put(data):
+            await self.room()
+
+    def put(self, data: bytes) -> bool:
+        """Queue whole lines for writing, without waiting; True when the caller should now
+        wait for `room()`. OutputError once the output has failed."""
         if self._thread is None:
             self._start()
-        assert self._room is not None
         if self.error is not None:
             raise self.error
         if not data:
-            return
+            return False
         with self._lock:
             self._queued += len(data)
-            full = self._waiting = self._queued > _HIGH_WATER
-            if full:
-                self._room.clear()
+            full = self._queued > _HIGH_WATER
         self._queue.put(data)
-        while full and self.error is None:
-            await self._room.wait()
+        return full
+
+    async def room(self) -> None:
+        """Wait until the writer is below its mark again. OutputError if it failed."""
+        if self._room is None:
+            return  # nothing was ever queued
+        while self.error is None:
             with self._lock:
                 full = self._waiting = self._queued > _HIGH_WATER
-                if full:
-                    self._room.clear()
+                if not full:
+                    break
+                self._room.clear()
+            await self._room.wait()
         if self.error is not None:
             raise self.error
 

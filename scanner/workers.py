@@ -36,7 +36,7 @@ from .errors import ErrorType, ProbeError, Stage
 from .pool import Scan
 from .record import Record, bad_line_record, encode, error_record
 from .runtime import run_with_loop
-from .sink import Output
+from .sink import Output, OutputError
 from .targets import BadLine, Target
 from .verify import TrustStore
 
@@ -338,13 +338,27 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
     # Records go to the parent through the same non-blocking Output as the parent's own:
     # its thread joins whatever is queued into one write(2), and a parent that stops
     # reading stalls this loop's records, never the loop (a stop still works).
+    # The records finished in one turn of the loop go to the thread as one piece, at the
+    # end of that turn (one hand-over, one write(2), not one per record).
     out = Output("worker", fd=records_fd)
+    batch: list[bytes] = []
+
+    def flush() -> None:
+        if batch:
+            with contextlib.suppress(OutputError):  # raised again by room() or drain()
+                out.put(b"".join(batch))
+            batch.clear()
+
     try:
         async with contextlib.aclosing(scan.results()) as results:
             async for item, record in results:
                 line = Line.of(record)
                 head = f"{tags.pop(id(item))}\t{line.status}\t{line.error_type or '-'}\t"
-                await out.write(head.encode() + line.data)
+                if not batch:
+                    loop.call_soon(flush)
+                    await out.room()
+                batch.append(head.encode() + line.data)
+        flush()
         await out.drain()
     finally:
         out.close()
