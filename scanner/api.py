@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import ipaddress
+import itertools
 import os
 import socket
 import ssl
@@ -14,30 +16,32 @@ from typing import Any
 
 from .certs import der_to_pem
 from .config import ConfigError, ScanConfig
+from .engine import Job, Scan
 from .errors import ErrorType, ProbeError, Stage
 from .gate import HandshakeGate
-from .pool import Scan
 from .probe import Prober
 from .record import Record
 from .resolve import ThreadResolver
-from .targets import BadLine, Target, TargetError, parse_lines, parse_server_name
+from .targets import Target, TargetError, parse_lines, parse_server_name
 from .tls import capture_context
 from .verify import TrustStore, to_ssl_error, verify_chain
 
 
-async def _lines(
+async def _jobs(
     targets: Iterable[str] | AsyncIterable[str], config: ScanConfig
-) -> AsyncIterator[Target | BadLine]:
+) -> AsyncIterator[Job]:
+    """The lines' targets (and bad lines), tagged in input order."""
+    tags = itertools.count()
     if isinstance(targets, AsyncIterable):
         number = 0
         async for line in targets:
             number += 1
             for item in parse_lines([line], ports=config.ports, sni=config.sni,
                                     source="api", first_line=number):
-                yield item
+                yield Job(next(tags), item)
     else:
         for item in parse_lines(targets, ports=config.ports, sni=config.sni, source="api"):
-            yield item
+            yield Job(next(tags), item)
 
 
 async def scan(
@@ -66,8 +70,10 @@ async def scan(
         except ValueError as exc:
             raise ConfigError(f"ca_bundle: {exc}") from exc
     try:
-        async for record in Scan(_lines(targets, config), config, store=store).records():
-            yield record
+        engine = Scan(_jobs(targets, config), config, store=store)
+        async with contextlib.aclosing(engine.results()) as results:
+            async for _, record in results:
+                yield record
     finally:
         if store is not None:
             store.close()

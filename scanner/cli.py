@@ -23,13 +23,13 @@ from .config import (
     parse_alpn,
     parse_ports,
 )
-from .pool import GRACE
+from .engine import GRACE
+from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
 from .runtime import raise_nofile_limit, reserve_standard_fds, run_with_loop
 from .sink import Output, OutputError, repair_and_index, skip_done
 from .targets import InputError, TargetError, parse_server_name, read_targets
 from .verify import TrustStore
-from .workers import LocalRun, Worker, WorkerRun, fork_workers, share_of
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader went away: what `cat` would exit with
@@ -218,10 +218,8 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     items = read_targets(plan.files, args.target, ports=config.ports, sni=config.sni)
     if plan.done:
         items = skip_done(items, plan.done)
-    run: LocalRun | WorkerRun = (
-        WorkerRun(items, share_of(config, len(workers) + 1), workers, plan.store) if workers
-        else LocalRun(items, config, plan.store)
-    )
+    share = share_of(config, len(workers) + 1)
+    run = Router(items, await open_lanes(share, plan.store, workers), cap=share.concurrency * 2)
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
     received: list[int] = []
     loop = asyncio.get_running_loop()

@@ -282,3 +282,29 @@ async def test_a_dead_worker_costs_its_targets_an_internal_record(
     assert internal, "the killed worker's targets must still get their records"
     assert all("worker process" in r["error"]["message"] for r in internal)
     assert all(r["target"] == quiet.target for r in internal)
+
+
+async def test_a_dead_worker_gets_no_more_targets_and_the_scan_finishes(
+    ca: trustme.CA, tmp_path: Path
+) -> None:
+    """Far more targets than are in flight: after a worker dies, the rest are dealt to the
+    lanes still alive, and every target still gets exactly one record."""
+    out = tmp_path / "out.jsonl"
+    targets = tmp_path / "targets.txt"
+    async with tls_server(server_context(ca.issue_cert("w2.test"))) as good:
+        lines = [good.target] * 1500
+        targets.write_text("\n".join(lines) + "\n")
+        process = await _start([
+            "scan", str(targets), "-o", str(out), "-c", "20", "--workers", "2",
+        ])
+        await _wait_for_lines(out, 100)
+        (worker,) = _children(process.pid)
+        os.kill(worker, signal.SIGKILL)
+        async with asyncio.timeout(30):
+            await process.communicate()
+    assert process.returncode == 0
+    final = _records(out)
+    assert Counter(r["target"] for r in final) == Counter(lines)
+    by_status = Counter((r["error"] or {}).get("type", "ok") for r in final)
+    assert set(by_status) <= {"ok", "internal"}
+    assert by_status["internal"] <= 20  # at most what was in flight in the dead lane

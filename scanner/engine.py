@@ -1,17 +1,22 @@
-"""The scan engine: a bounded queue of targets, N workers, records out in completion order.
+"""The engine: tagged jobs in, one record per job out, in one event loop.
 
-    items --(producer)--> work queue (bounded) --> N workers --> result queue --> caller
+    jobs --(producer)--> work queue (bounded) --> N probe tasks --> result queue --> caller
 
-Memory stays flat in the length of the input: the producer blocks when the work queue is
-full, and the caller's pace bounds the result queue. Every target that enters gives exactly
-one record, including bad lines and probes that crash (an `internal` record).
+Every scan runs this engine: the library's `scan()` directly, the command line in each of
+its lanes (lanes.py: this process's own loop and each forked worker's). It owns the three
+promises a scan makes inside a loop: memory stays flat in the length of the input (the
+producer waits when the work queue is full, and the caller's pace bounds the result
+queue); a stop takes no new job, opens no new connection, and drops what is still in
+flight after the grace period; and every job that enters gives exactly one record, bad
+lines and probes that crash (an `internal` record) included. A job's tag says which input
+a record answers (docs/architecture.md, "The engine").
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from .config import ScanConfig
@@ -26,7 +31,17 @@ from .verify import TrustStore
 _DONE = None  # sentinel on both queues
 GRACE = 2.0  # seconds a stopped scan gives its in-flight targets before dropping them
 
-Result = tuple[Target | BadLine, Record]
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One input to scan, and the tag its record will carry back: a target, or a line that
+    is not one (its record is an `invalid_target`)."""
+
+    tag: int
+    item: Target | BadLine
+
+
+Result = tuple[int, Record]  # a job's tag and its record
 
 
 class Stopped(Exception):
@@ -76,21 +91,21 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 class Scan:
-    """One scan over a stream of targets. Iterate `records()` once; `stop()` ends it early.
+    """One scan over a stream of jobs. Iterate `results()` once; `stop()` ends it early.
 
-    After `stop()`: no new targets are taken; targets in flight get `grace` seconds to finish,
+    After `stop()`: no new jobs are taken; targets in flight get `grace` seconds to finish,
     then are dropped without a record (a resumed run picks them up).
     """
 
     def __init__(
         self,
-        items: AsyncIterable[Target | BadLine],
+        jobs: AsyncIterable[Job],
         config: ScanConfig,
         *,
         store: TrustStore | None = None,
         grace: float = GRACE,
     ) -> None:
-        self._items = items
+        self._jobs = jobs
         self._config = config
         self._store = store
         self._grace = grace
@@ -112,14 +127,9 @@ class Scan:
         for task in self._in_flight:
             task.cancel()
 
-    async def records(self) -> AsyncIterator[Record]:
-        """The records, in completion order."""
-        async with contextlib.aclosing(self.results()) as results:
-            async for _, record in results:
-                yield record
-
     async def results(self) -> AsyncGenerator[Result, None]:
-        """Each item with its record, in completion order (the item says which input it was)."""
+        """Each job's tag with its record, in completion order. Raises, after the records
+        of the jobs already taken, what the job stream raised (an InputError)."""
         config = self._config
         resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
         limiter = self._limiter = RateLimiter(config.rate) if config.rate else None
@@ -131,19 +141,20 @@ class Scan:
             retries=config.retries,
             before_attempt=limiter.wait if limiter else None,
         )
-        work: asyncio.Queue[Target | None] = asyncio.Queue(maxsize=config.concurrency * 2)
+        work: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 2)
         results: asyncio.Queue[Result | None] = asyncio.Queue(maxsize=config.concurrency * 2)
         failure: list[BaseException] = []
 
         async def produce() -> None:
             try:
-                async for item in self._items:
+                async for job in self._jobs:
                     if self.stopped_early:
                         break
-                    if isinstance(item, BadLine):
-                        await results.put((item, bad_line_record(item, now=datetime.now(UTC))))
+                    if isinstance(job.item, BadLine):
+                        record = bad_line_record(job.item, now=datetime.now(UTC))
+                        await results.put((job.tag, record))
                     else:
-                        await work.put(item)
+                        await work.put(job)
             except Exception as exc:  # an input that fails mid-way (I/O error): fatal
                 failure.append(exc)
             # Not in a `finally`: when the scan is torn down (cancelled), the workers are
@@ -152,12 +163,13 @@ class Scan:
                 await work.put(_DONE)
 
         async def work_loop() -> None:
-            while (target := await work.get()) is not None:
+            while (job := await work.get()) is not None:
                 if self.stopped_early:
                     continue  # drain without probing: a stopped scan takes no new targets
-                record = await self._one(prober, target)
+                assert isinstance(job.item, Target)  # bad lines were answered above
+                record = await self._one(prober, job.item)
                 if record is not None:
-                    await results.put((target, record))
+                    await results.put((job.tag, record))
 
         workers = [asyncio.create_task(work_loop()) for _ in range(config.concurrency)]
         producer = asyncio.create_task(produce())
