@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .api import get_server_certificate, scan
 from .config import ConfigError, ScanConfig
+from .hooks import UnsupportedPlatform
 from .record import SCHEMA_VERSION
 
 __version__ = "0.1.0"
@@ -19,6 +20,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ConfigError",
     "ScanConfig",
+    "UnsupportedPlatform",
     "__version__",
     "get_server_certificate",
     "scan",

@@ -28,7 +28,6 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-import sys
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -54,6 +53,7 @@ from .der import (
     simple_certificate,
     subject_alt_names,
 )
+from .hooks import ignoring_user_warnings, oid_name
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -191,21 +191,7 @@ def _slow_facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict
     # over-long CN or country); we report such certificates as they are, and under `-W error`
     # a warning would become an exception that costs the field. So UserWarnings are ignored
     # meanwhile, in process-wide filters: call from one thread (the event loop), not a pool.
-    if getattr(sys.flags, "context_aware_warnings", False):  # 3.14+: filters per context
-        with warnings.catch_warnings(action="ignore", category=UserWarning):
-            return _read(der, keys, now)
-    # What catch_warnings does, at a fraction of its cost: put an "ignore" filter first and
-    # take it out again. It skips warnings' private _filters_mutated(), which only makes
-    # warnings shown once show again, and "ignore" records none.
-    filters: list[object] = warnings.filters  # type: ignore[assignment]
-    filters.insert(0, _IGNORE_USER_WARNINGS)
-    try:
-        return _read(der, keys, now)
-    finally:
-        filters.remove(_IGNORE_USER_WARNINGS)  # the first equal one: ours
-
-
-_IGNORE_USER_WARNINGS = ("ignore", None, UserWarning, None, 0)  # as simplefilter makes it
+    return ignoring_user_warnings(_read, der, keys, now)
 
 
 def _read(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
@@ -245,7 +231,7 @@ _READERS: dict[str, Callable[[_Reading], object]] = {  # lazy: chain_entry wants
     "not_after": lambda r: _iso(_need(r.cert).not_valid_after_utc),
     "days_left": lambda r: (_need(r.cert).not_valid_after_utc - _utc(_need(r.now))) // _DAY,
     "key": lambda r: _key(_need(r.cert)),
-    "signature_algorithm": lambda r: _oid_name(_need(r.cert).signature_algorithm_oid),
+    "signature_algorithm": lambda r: oid_name(_need(r.cert).signature_algorithm_oid),
     "self_signed": lambda r: _self_signed(_need(r.parsed), r),
     "is_ca": lambda r: _is_ca(_need(r.parsed)),
 }
@@ -407,10 +393,6 @@ def _signed_by_own_key(parsed: _Parsed, reading: _Reading) -> bool:
     else:
         return False
     return True  # each verify() raises InvalidSignature on a mismatch
-
-
-def _oid_name(oid: x509.ObjectIdentifier) -> str:
-    return oid.dotted_string if oid._name == "Unknown OID" else oid._name
 
 
 def _utc(moment: datetime) -> datetime:

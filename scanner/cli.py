@@ -24,6 +24,7 @@ from .config import (
     parse_ports,
 )
 from .engine import GRACE
+from .hooks import UnsupportedPlatform
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
 from .runtime import raise_nofile_limit, reserve_standard_fds, run_with_loop
@@ -284,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = _inputs(args, closed)
         try:
             store = TrustStore.load(config.ca_bundle) if config.ca_bundle else None
-        except ValueError as exc:  # a trust store that cannot be loaded
+        except (ValueError, UnsupportedPlatform) as exc:  # a store that cannot be loaded
             raise UsageError(f"--ca-bundle: {exc}") from None
         out, done = _output(args, closed)
     except UsageError as exc:

@@ -23,6 +23,8 @@ import re
 from datetime import datetime
 from typing import NamedTuple, overload
 
+from .hooks import attribute_label
+
 # (tag, pos of the tag byte, start of the contents, end); plain tuples: a NamedTuple costs
 # several times more to make, and names are walked for every certificate.
 Element = tuple[int, int, int, int]
@@ -197,8 +199,7 @@ def _attribute_type(oid: bytes) -> _AttributeType:
     from cryptography import x509
 
     identifier = x509.ObjectIdentifier(dotted_oid(oid))
-    label = x509.NameAttribute(identifier, "xx", _validate=False).rfc4514_attribute_name
-    return _AttributeType(identifier.dotted_string, label)
+    return _AttributeType(identifier.dotted_string, attribute_label(identifier))
 
 
 # An arc that starts with a padding byte 0x80, or one of 10 bytes or more (over 63 bits).
@@ -303,7 +304,7 @@ class Simple(NamedTuple):
 SAN_OID, BASIC_CONSTRAINTS_OID = b"\x06\x03\x55\x1d\x11", b"\x06\x03\x55\x1d\x13"
 
 # The AlgorithmIdentifiers accepted, whole, with the names cryptography gives them
-# (ObjectIdentifier._name); parameters as RFC 3279, 5758 and 8410 write them.
+# (hooks.oid_name); parameters as RFC 3279, 5758 and 8410 write them.
 _SIGNATURE_ALGORITHMS = {bytes.fromhex(algorithm): name for algorithm, name in [
     ("300d06092a864886f70d0101040500", "md5WithRSAEncryption"),
     ("300d06092a864886f70d0101050500", "sha1WithRSAEncryption"),

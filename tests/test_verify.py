@@ -20,7 +20,7 @@ import pytest
 import trustme
 
 import pki
-from scanner import openssl
+from scanner import hooks, openssl
 from scanner.verify import POLICIES, Policy, TrustStore, Verdict, to_ssl_error, verify_chain
 
 SCENARIOS = {s.id: s for s in pki.scenarios()}
@@ -459,7 +459,7 @@ def test_no_leak_with_certificate_objects(
 # -- _ssl.Certificate objects from a handshake -----------------------------------------------
 #
 # verify_chain may take the handshake's own certificates and borrow the X509 inside each
-# instead of decoding DER (see scanner/openssl.py, lend). Same verdicts, no d2i_X509, and
+# instead of decoding DER (see scanner/hooks.py, lend). Same verdicts, no d2i_X509, and
 # every reference it takes is given back.
 
 
@@ -491,12 +491,12 @@ def _der(certs: list[_ssl.Certificate]) -> list[bytes]:
 def test_the_layout_check_passes_on_this_interpreter(
     received: dict[str, list[_ssl.Certificate]],
 ) -> None:
-    # The struct-offset reasoning of openssl.py, on the running CPython.
-    assert object.__basicsize__ == openssl._X509_OFFSET
-    assert _ssl.Certificate.__basicsize__ == openssl._CERTIFICATE_SIZE
+    # The struct-offset reasoning of hooks.py, on the running CPython.
+    assert object.__basicsize__ == hooks._X509_OFFSET
+    assert _ssl.Certificate.__basicsize__ == hooks._CERTIFICATE_SIZE
     lib = openssl.bind().crypto
     for certs in received.values():
-        assert all(openssl._layout_holds(lib, c) for c in certs)
+        assert all(hooks._layout_holds(lib, c) for c in certs)
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
@@ -554,7 +554,7 @@ def test_look_alikes_are_decoded_not_trusted(
     for sid in ("wildcard-match", "expired-leaf", "incomplete-chain"):
         s = SCENARIOS[sid]
         fakes = [Certificate(der) for der in s.chain]
-        assert openssl.lend(openssl.bind().crypto, fakes[0]) == 0  # no pointer read
+        assert hooks.lend(openssl.bind().crypto, fakes[0]) == 0  # no pointer read
         before = len(d2i_calls)
         verdict = verify_chain(fakes, store_for[sid], server_name=s.server_name)  # type: ignore[arg-type]
         assert len(d2i_calls) - before == len(s.chain)  # fell back to its DER
@@ -568,7 +568,7 @@ def test_a_failed_layout_check_falls_back_to_der(
     s = SCENARIOS["expired-leaf"]
     expected = verify_chain(s.chain, store_for[s.id], server_name=s.server_name)
     d2i_calls.clear()
-    monkeypatch.setitem(openssl._LAYOUT, "ok", False)  # as if this CPython's struct differed
+    monkeypatch.setitem(hooks._LAYOUT, "ok", False)  # as if this CPython's struct differed
     verdict = verify_chain(received[s.id], store_for[s.id], server_name=s.server_name)
     assert verdict == expected
     assert len(d2i_calls) == len(s.chain)
@@ -579,26 +579,26 @@ def test_the_layout_check_rejects_what_does_not_match(
 ) -> None:
     lib = openssl.bind().crypto
     leaf, other = received["wrong-host"][0], received["p256-chain"][0]
-    assert openssl._layout_holds(lib, leaf)
+    assert hooks._layout_holds(lib, leaf)
     # A pointer to some other X509: its encoding is not the object's DER.
-    other_x509 = openssl._x509_in(other)
+    other_x509 = hooks._x509_in(other)
     with monkeypatch.context() as m:
-        m.setattr(openssl, "_x509_in", lambda cert: other_x509)
-        assert not openssl._layout_holds(lib, leaf)
+        m.setattr(hooks, "_x509_in", lambda cert: other_x509)
+        assert not hooks._layout_holds(lib, leaf)
     # A struct of another size: rejected before any pointer is read.
     with monkeypatch.context() as m:
-        m.setattr(openssl, "_CERTIFICATE_SIZE", openssl._CERTIFICATE_SIZE + 8)
-        m.setattr(openssl, "_x509_in", lambda cert: pytest.fail("pointer read"))
-        assert not openssl._layout_holds(lib, leaf)
+        m.setattr(hooks, "_CERTIFICATE_SIZE", hooks._CERTIFICATE_SIZE + 8)
+        m.setattr(hooks, "_x509_in", lambda cert: pytest.fail("pointer read"))
+        assert not hooks._layout_holds(lib, leaf)
     with monkeypatch.context() as m:
-        m.setattr(openssl.sys.implementation, "name", "pypy")
-        assert not openssl._layout_holds(lib, leaf)
+        m.setattr(hooks.sys.implementation, "name", "pypy")
+        assert not hooks._layout_holds(lib, leaf)
     # The verdict is taken once and cached: a False one sends every Certificate to DER.
-    monkeypatch.setitem(openssl._LAYOUT, "ok", True)  # so that undo restores what was there
-    monkeypatch.delitem(openssl._LAYOUT, "ok")
-    monkeypatch.setattr(openssl, "_CERTIFICATE_SIZE", openssl._CERTIFICATE_SIZE + 8)
-    assert openssl.lend(lib, leaf) == 0
-    assert openssl._LAYOUT["ok"] is False
+    monkeypatch.setitem(hooks._LAYOUT, "ok", True)  # so that undo restores what was there
+    monkeypatch.delitem(hooks._LAYOUT, "ok")
+    monkeypatch.setattr(hooks, "_CERTIFICATE_SIZE", hooks._CERTIFICATE_SIZE + 8)
+    assert hooks.lend(lib, leaf) == 0
+    assert hooks._LAYOUT["ok"] is False
 
 
 def test_items_that_are_not_certificates_raise(store_for: dict[str, TrustStore]) -> None:
@@ -667,7 +667,7 @@ def test_lending_gives_every_reference_back(
     jobs = [SCENARIOS[i] for i in (*_LEAK_JOBS, "long-chain", "expired-leaf",
                                    "incomplete-chain")]
     chains = [pki.handshake_certificates(s) for s in jobs]  # the handshakes are gone
-    tagged = {openssl._x509_in(c) for chain in chains for c in chain}
+    tagged = {hooks._x509_in(c) for chain in chains for c in chain}
     assert len(tagged) == sum(len(chain) for chain in chains)
     for x509 in tagged:
         mark(x509)
@@ -678,7 +678,7 @@ def test_lending_gives_every_reference_back(
             assert freed == []
     assert {v.reason for v in verdicts} == {None, "hostname_mismatch", "untrusted_root",
                                            "bad_signature", "expired", "incomplete_chain"}
-    assert openssl.lend(lib, chains[0][0]) != 0  # the lending path is the one exercised
-    lib.X509_free(openssl._x509_in(chains[0][0]))  # (and give that reference back too)
+    assert hooks.lend(lib, chains[0][0]) != 0  # the lending path is the one exercised
+    lib.X509_free(hooks._x509_in(chains[0][0]))  # (and give that reference back too)
     del chains, chain  # the last one, still bound by the loop
     assert sorted(freed) == sorted(tagged)
