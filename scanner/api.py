@@ -12,18 +12,17 @@ import os
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import Any
+from typing import Any, Unpack
 
 from .certs import der_to_pem
-from .config import ConfigError, ScanConfig
+from .config import ConfigError, ScanConfig, ScanOptions
 from .engine import Job, Scan
-from .errors import ErrorType, ProbeError, Stage
 from .gate import HandshakeGate
 from .probe import Prober
-from .record import Record
 from .resolve import ThreadResolver
 from .targets import Target, TargetError, parse_lines, parse_server_name
 from .tls import capture_context
+from .values import ErrorType, Failure, Stage
 from .verify import TrustStore, to_ssl_error, verify_chain
 
 
@@ -45,8 +44,8 @@ async def _jobs(
 
 
 async def scan(
-    targets: Iterable[str] | AsyncIterable[str], **options: Any
-) -> AsyncIterator[Record]:
+    targets: str | Iterable[str] | AsyncIterable[str], **options: Unpack[ScanOptions]
+) -> AsyncIterator[dict[str, Any]]:
     """Scan target lines (any form `certscan scan` reads), yielding one record per target
     in completion order. `targets` is one line (a str) or an iterable or async iterable of
     lines. `options` are `ScanConfig` fields (ports, sni, concurrency, timeout, ca_bundle,
@@ -58,7 +57,7 @@ async def scan(
     is null unless `ca_bundle` is given; `certificate` is null and `chain` empty when the
     handshake failed (then `error` says why).
     """
-    config = ScanConfig(**options)
+    config = ScanConfig.from_options(options)
     if isinstance(targets, str):
         targets = [targets]  # one line, not its characters
     elif isinstance(targets, bytes | bytearray):
@@ -73,7 +72,7 @@ async def scan(
         engine = Scan(_jobs(targets, config), config, store=store)
         async with contextlib.aclosing(engine.results()) as results:
             async for _, record in results:
-                yield record
+                yield record.as_dict()
     finally:
         if store is not None:
             store.close()
@@ -129,7 +128,7 @@ def _handshake_timeout_text() -> str:
     return "The handshake operation timed out"
 
 
-def _timeout_error(error: ProbeError) -> OSError:
+def _timeout_error(error: Failure) -> OSError:
     if error.stage is Stage.HANDSHAKE:
         return TimeoutError(_handshake_timeout_text())
     return TimeoutError("timed out")  # socket.connect's (the stdlib's DNS never times out)
@@ -141,7 +140,7 @@ def _os_error(code: int) -> OSError:
 
 # Failures with no exception of the stdlib's kind behind them, made as _ssl or the socket
 # module would have made them. (Table: the one place to look when a new case turns up.)
-_TWIN_ERRORS: dict[ErrorType, Callable[[ProbeError], BaseException]] = {
+_TWIN_ERRORS: dict[ErrorType, Callable[[Failure], BaseException]] = {
     ErrorType.TIMEOUT: _timeout_error,
     ErrorType.CLOSED: lambda _: _handshake_error(None),  # a FIN mid-handshake: SSLEOFError
     ErrorType.RESET: lambda _: _os_error(errno.ECONNRESET),
@@ -151,19 +150,20 @@ _TWIN_ERRORS: dict[ErrorType, Callable[[ProbeError], BaseException]] = {
 }
 
 
-def _stdlib_error(error: ProbeError, cause: BaseException | None) -> BaseException:
-    """What `ssl.get_server_certificate` raises where the probe met `error`, raised as
-    `cause` (None when certscan itself decided)."""
+def _stdlib_error(failure: Failure, cause: BaseException | None) -> BaseException:
+    """What `ssl.get_server_certificate` raises where the probe met `failure`, raised as
+    `cause` (None when certscan itself decided): the one table from the taxonomy back to
+    the stdlib's exceptions."""
     if isinstance(cause, ssl.SSLError | socket.gaierror):
         return cause  # the same _ssl, the same getaddrinfo: the stdlib's exception already
     if isinstance(cause, OSError) and cause.errno:
         # A socket's own error, worded as the socket module words it (asyncio's says
         # "Connect call failed (...)" for the same ECONNREFUSED).
         return _os_error(cause.errno)
-    make = _TWIN_ERRORS.get(error.type)
+    make = _TWIN_ERRORS.get(failure.type)
     if make is not None:
-        return make(error)
-    return cause if cause is not None else OSError(error.message)  # an internal error: itself
+        return make(failure)
+    return cause if cause is not None else OSError(failure.message)  # an internal error: itself
 
 
 def _as_raised(error: ssl.SSLCertVerificationError) -> ssl.SSLCertVerificationError:
@@ -230,14 +230,13 @@ async def get_server_certificate(
         target = await _twin_target(host, port, timeout)
         prober = Prober(capture_context(), resolver, timeout=timeout,
                         gate=HandshakeGate(1, budget=timeout, fixed=True))
-        outcome = await prober.probe(target)
-        if outcome.error is not None:
-            error = _stdlib_error(outcome.error, outcome.cause)
-            if error is outcome.cause:
+        capture = await prober.probe(target)
+        if capture.failure is not None:
+            error = _stdlib_error(capture.failure, capture.cause)
+            if error is capture.cause:
                 raise error
-            raise error from outcome.cause or outcome.error
-        assert outcome.handshake is not None
-        chain = outcome.handshake.chain
+            raise error from capture.cause
+        chain = capture.chain
         if store is not None:
             verdict = verify_chain(chain, store, server_name=None)
             if not verdict.trusted:

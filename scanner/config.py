@@ -7,7 +7,7 @@ import operator
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Literal, SupportsIndex
+from typing import Literal, SupportsIndex, TypedDict
 
 from .gate import HandshakeGate
 from .resolve import _nameserver
@@ -127,6 +127,26 @@ def _strings(field: str, value: object) -> tuple[str, ...]:
         if not isinstance(item, str):
             raise ConfigError(f"{field}: {item!r} is not a string")
     return strings
+
+
+class ScanOptions(TypedDict, total=False):
+    """The keywords of the library's `scan()`: ScanConfig's fields, in every form its
+    checks accept (ports as 8443, "443,8000-8010" or a list; alpn as "h2,http/1.1")."""
+
+    ports: int | str | Iterable[int]
+    sni: str | None
+    concurrency: int
+    timeout: float
+    ca_bundle: str | os.PathLike[str] | None
+    alpn: str | Iterable[str]
+    retries: int
+    rate: float | None
+    resolver: ResolverName
+    resolver_threads: int
+    nameservers: str | Iterable[str]
+    handshakes: int | None
+    loop: LoopName
+    verify_policy: VerifyPolicyName
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +269,12 @@ class ScanConfig:
         if self.handshakes is not None:
             return HandshakeGate(self.handshakes, budget=self.timeout, fixed=True)
         return HandshakeGate(self.concurrency, budget=self.timeout / 2)
+
+    @classmethod
+    def from_options(cls, options: ScanOptions) -> ScanConfig:
+        """From the library's keywords, in any form ScanOptions allows: __post_init__
+        checks each and stores it in the field's one form."""
+        return cls(**options)  # type: ignore[arg-type]  # (the forms are normalised there)
 
     def with_concurrency(self, concurrency: int) -> ScanConfig:
         return replace(self, concurrency=concurrency)

@@ -19,13 +19,15 @@ from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from .assess import assess
 from .config import ScanConfig
 from .errors import Stage, internal
 from .probe import Prober
-from .record import Record, bad_line_record, error_record, probe_record
+from .record import bad_line_record, error_record
 from .resolve import make_resolver
 from .targets import BadLine, Target
 from .tls import capture_context
+from .values import Record
 from .verify import TrustStore
 
 _DONE = None  # sentinel on both queues
@@ -198,9 +200,9 @@ class Scan:
     async def _one(self, prober: Prober, target: Target) -> Record | None:
         """The target's record; None when the scan stopped before the target started."""
         try:
-            outcome = await prober.probe(target)
-            return probe_record(target, outcome, now=datetime.now(UTC), store=self._store,
-                                policy=self._config.verify_policy)
+            capture = await prober.probe(target)
+            return assess(target, capture, now=datetime.now(UTC), store=self._store,
+                          policy=self._config.verify_policy)
         except Stopped:
             return None
         except asyncio.CancelledError:

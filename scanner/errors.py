@@ -1,59 +1,30 @@
-"""The error taxonomy, and the one place foreign exceptions are translated.
+"""The one place foreign exceptions are translated into the taxonomy (values.Failure).
 
-A probe never raises to the pool: every failure becomes a `ProbeError(type, stage, message)`
-that lands in the record as `error: {type, stage, message}`. The type strings are part of the
-output contract (DESIGN.md, "Error types"); add new ones, never rename.
+A probe never raises to the engine: every exception met in a stage becomes a
+`Failure(type, stage, message)` here, at the probe's edge, and lands in the record as
+`error: {type, stage, message}` (docs/architecture.md, "Errors").
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import errno
 import socket
 import ssl
 import traceback
-from dataclasses import dataclass
+
+from .values import ErrorType, Failure, Stage
+
+__all__ = ["ErrorType", "Failed", "Failure", "Stage", "classify", "classify_tls", "internal"]
 
 
-class ErrorType(enum.StrEnum):
-    INVALID_TARGET = "invalid_target"  # the input line could not be parsed into a target
-    DNS = "dns"  # the name did not resolve (NXDOMAIN, no address, resolver failure)
-    REFUSED = "refused"  # nothing listening: the peer answered the SYN with RST
-    UNREACHABLE = "unreachable"  # no route to the host or network
-    TIMEOUT = "timeout"  # a stage did not finish within the target's deadline
-    RESET = "reset"  # the peer reset the connection (a real RST) after it was up
-    CLOSED = "closed"  # the peer closed cleanly (FIN) before the handshake finished
-    TLS_ALERT = "tls_alert"  # the peer refused the handshake with a TLS alert
-    NOT_TLS = "not_tls"  # the peer answered with something that is not TLS
-    STARTTLS = "starttls"  # the plaintext protocol before STARTTLS went wrong
-    TLS_ERROR = "tls_error"  # any other TLS failure (no shared cipher or version, bad message)
-    INTERNAL = "internal"  # a bug in certscan; never a network failure
+class Failed(Exception):
+    """Raised inside a probe for a failure certscan itself decides (an overloaded scanner, a
+    server that sent no certificate): carries the Failure the record will hold."""
 
-
-class Stage(enum.StrEnum):
-    TARGET = "target"  # parsing the input line
-    RESOLVE = "resolve"
-    CONNECT = "connect"
-    STARTTLS = "starttls"
-    HANDSHAKE = "handshake"
-    CERTIFICATE = "certificate"  # reading the chain out of a finished handshake
-    SCAN = "scan"  # outside any single stage (the pool's own bookkeeping)
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeError(Exception):
-    """A failure with the context a record needs; raised inside a probe, caught at its edge."""
-
-    type: ErrorType
-    stage: Stage
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.type} at {self.stage}: {self.message}"
-
-    def as_dict(self) -> dict[str, str]:
-        return {"type": str(self.type), "stage": str(self.stage), "message": self.message}
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
 
 
 # OpenSSL reasons that mean "the bytes that came back are not TLS at all": plain HTTP, SSH
@@ -104,54 +75,54 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     return ""
 
 
-def classify_tls(exc: ssl.SSLError, stage: Stage) -> ProbeError:
+def classify_tls(exc: ssl.SSLError, stage: Stage) -> Failure:
     """Translate an SSL failure; kept public for the alert name mapping tests."""
     reason = _ssl_reason(exc)
     message = f"{reason}: {exc}" if reason and reason not in str(exc) else str(exc)
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return ProbeError(ErrorType.CLOSED, stage, message or "peer closed the connection")
+        return Failure(ErrorType.CLOSED, stage, message or "peer closed the connection")
     if reason.startswith(_ALERT_PREFIXES) or reason in _BARE_ALERT_REASONS:
-        return ProbeError(ErrorType.TLS_ALERT, stage, message)
+        return Failure(ErrorType.TLS_ALERT, stage, message)
     if reason in _NOT_TLS_REASONS:
-        return ProbeError(ErrorType.NOT_TLS, stage, message)
+        return Failure(ErrorType.NOT_TLS, stage, message)
     if reason == "UNEXPECTED_EOF_WHILE_READING":
-        return ProbeError(ErrorType.CLOSED, stage, message)
-    return ProbeError(ErrorType.TLS_ERROR, stage, message)
+        return Failure(ErrorType.CLOSED, stage, message)
+    return Failure(ErrorType.TLS_ERROR, stage, message)
 
 
-def classify(exc: BaseException, stage: Stage) -> ProbeError:
+def classify(exc: BaseException, stage: Stage) -> Failure:
     """Map any exception raised inside a probe stage to the taxonomy.
 
     Never called with CancelledError: cancellation is the caller's business and propagates.
     Anything not recognised is INTERNAL, with the traceback, so a bug is never reported as a
     flaky network.
     """
-    if isinstance(exc, ProbeError):
-        return exc
+    if isinstance(exc, Failed):
+        return exc.failure
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return ProbeError(ErrorType.TIMEOUT, stage, f"no answer within the deadline ({stage})")
+        return Failure(ErrorType.TIMEOUT, stage, f"no answer within the deadline ({stage})")
     if isinstance(exc, socket.gaierror):
-        return ProbeError(ErrorType.DNS, Stage.RESOLVE, exc.strerror or str(exc))
+        return Failure(ErrorType.DNS, Stage.RESOLVE, exc.strerror or str(exc))
     if isinstance(exc, ssl.SSLError):
         return classify_tls(exc, stage)
     if isinstance(exc, ConnectionRefusedError) or (
         isinstance(exc, OSError) and exc.errno in _REFUSED_ERRNOS
     ):
-        return ProbeError(ErrorType.REFUSED, stage, exc.strerror or "connection refused")
+        return Failure(ErrorType.REFUSED, stage, exc.strerror or "connection refused")
     if isinstance(exc, ConnectionResetError) and exc.errno is None:
         # asyncio's SSL streams report a FIN during the handshake as a bare
         # ConnectionResetError without errno; a real RST carries ECONNRESET.
-        return ProbeError(ErrorType.CLOSED, stage, str(exc) or "peer closed the connection")
+        return Failure(ErrorType.CLOSED, stage, str(exc) or "peer closed the connection")
     if isinstance(exc, OSError) and exc.errno in _RESET_ERRNOS:
-        return ProbeError(ErrorType.RESET, stage, exc.strerror or "connection reset by peer")
+        return Failure(ErrorType.RESET, stage, exc.strerror or "connection reset by peer")
     if isinstance(exc, OSError) and exc.errno in _UNREACHABLE_ERRNOS:
-        return ProbeError(ErrorType.UNREACHABLE, stage, exc.strerror or str(exc))
+        return Failure(ErrorType.UNREACHABLE, stage, exc.strerror or str(exc))
     if isinstance(exc, asyncio.IncompleteReadError | EOFError | BrokenPipeError):
-        return ProbeError(ErrorType.CLOSED, stage, str(exc) or "peer closed the connection")
+        return Failure(ErrorType.CLOSED, stage, str(exc) or "peer closed the connection")
     return internal(exc, stage)
 
 
-def internal(exc: BaseException, stage: Stage) -> ProbeError:
+def internal(exc: BaseException, stage: Stage) -> Failure:
     """A bug in certscan: keep the whole traceback for the report."""
     trace = "".join(traceback.format_exception(exc)).strip()
-    return ProbeError(ErrorType.INTERNAL, stage, trace)
+    return Failure(ErrorType.INTERNAL, stage, trace)

@@ -36,11 +36,11 @@ from typing import Protocol
 
 from .config import ScanConfig
 from .engine import Job, Scan
-from .errors import ErrorType, ProbeError, Stage
 from .record import bad_line_record, error_record
 from .runtime import run_with_loop
 from .sink import Output, OutputError
 from .targets import BadLine, Target
+from .values import ErrorType, Failure, Stage
 from .verify import TrustStore
 from .wire import Line, read_record, read_target, record_frame, target_frame
 
@@ -311,7 +311,7 @@ class Router:
 def _lost(job: Job, why: str) -> Line:
     """The record of a job its lane lost: our failure, not the server's."""
     assert isinstance(job.item, Target)
-    error = ProbeError(ErrorType.INTERNAL, Stage.SCAN, why)
+    error = Failure(ErrorType.INTERNAL, Stage.SCAN, why)
     return Line.of(error_record(job.item, error, now=datetime.now(UTC)))
 
 

@@ -1,7 +1,9 @@
 """One target, one TLS handshake: resolve, connect, handshake, capture the chain as sent.
 
 The only module that opens connections. A probe never raises to its caller (except
-cancellation): every failure comes back as a `ProbeError` inside the `ProbeOutcome`.
+cancellation, and a stopped scan's `Stopped` from its --rate wait): every failure comes
+back as a plain Failure inside the Capture, translated from the exception once, here
+(errors.classify).
 """
 
 from __future__ import annotations
@@ -10,73 +12,36 @@ import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
-from .errors import ErrorType, ProbeError, Stage, classify
+from . import hooks
+from .errors import ErrorType, Failed, Failure, Stage, classify
 from .gate import HandshakeGate
 from .resolve import Resolver
 from .targets import Target
-
-
-@dataclass(frozen=True, slots=True)
-class Handshake:
-    """What a finished handshake tells us; `chain` is DER, leaf first, exactly as sent;
-    `native` the same certificates as OpenSSL objects (empty where unavailable)."""
-
-    version: str | None
-    cipher: str | None
-    alpn: str | None
-    chain: tuple[bytes, ...]
-    native: tuple[Any, ...] = ()
+from .values import Capture, Timings, TlsFacts
 
 
 @dataclass(slots=True)
-class Timings:
-    """Milliseconds per stage; None for a stage that did not run (resolve for IP literals)."""
+class _Stopwatch:
+    """Milliseconds per stage as an attempt goes (frozen into Timings at its end)."""
 
     resolve: float | None = None
     connect: float | None = None
     handshake: float | None = None
-    total: float | None = None
 
-    def as_dict(self) -> dict[str, float | None]:
-        return {
-            "resolve": self.resolve,
-            "connect": self.connect,
-            "handshake": self.handshake,
-            "total": self.total,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeOutcome:
-    """ip: the address connected to (None when resolution failed).
-    handshake: set when the handshake finished. error: set when anything failed."""
-
-    ip: str | None
-    handshake: Handshake | None
-    error: ProbeError | None
-    timings: Timings = field(default_factory=Timings)
-    # The exception behind `error`, as raised (None for a failure certscan itself decided):
-    # only the library's stdlib twin reads it, to raise what `ssl.get_server_certificate`
-    # would have raised. Never part of a record.
-    cause: BaseException | None = field(default=None, compare=False, repr=False)
+    def freeze(self, total: float) -> Timings:
+        return Timings(self.resolve, self.connect, self.handshake, total)
 
 
 def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
-    """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects).
-
-    `sslobj` is the `_ssl._SSLSocket` a probe drives. Its private `get_unverified_chain()`
-    (3.10 on) returns `_ssl.Certificate`s, each wrapping the X509 OpenSSL decoded during
-    the handshake, which verify.py judges without decoding them again (the public method
-    added in 3.13 gives DER only). `getpeercert(True)` alone would give only the leaf.
-    """
-    native = tuple(sslobj.get_unverified_chain() or ())
-    return tuple(cert.public_bytes(_DER) for cert in native), native
-
-
-_DER: int = ssl._ssl.ENCODING_DER  # type: ignore[attr-defined]
+    """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects,
+    each wrapping the X509 OpenSSL decoded during the handshake, which verify.py judges
+    without decoding them again; empty where only DER can be had). `sslobj` is the TLS
+    object a probe drives (`hooks.wrap_bio`). `getpeercert(True)` alone would give only
+    the leaf. How, and on which Pythons: `hooks.unverified_chain`."""
+    return hooks.unverified_chain(sslobj)
 
 
 class Clock:
@@ -118,29 +83,33 @@ class Prober:
         self._retries = retries
         self._before_attempt = before_attempt
 
-    async def probe(self, target: Target) -> ProbeOutcome:
+    async def probe(self, target: Target) -> Capture:
         """Probe until success, a failure that retrying cannot help, or retries run out."""
         attempt = 0
         while True:
             if self._before_attempt is not None:
                 await self._before_attempt()
-            outcome = await self._attempt(target)
-            error = outcome.error
-            if error is None or attempt >= self._retries or not _retryable(error):
-                return outcome
+            capture = await self._attempt(target)
+            failure = capture.failure
+            if failure is None or attempt >= self._retries or not _retryable(failure):
+                return capture
             attempt += 1
             await asyncio.sleep(backoff_delay(attempt))
 
-    async def _attempt(self, target: Target) -> ProbeOutcome:
+    async def _attempt(self, target: Target) -> Capture:
         """One attempt. Each stage keeps the target's deadline, and the wait for a handshake
         slot is bounded by the timeout again; a backstop over the whole attempt holds that
         bound (`attempt_bound`) even against a bug."""
-        timings = Timings()
+        timings = _Stopwatch()
         clock = Clock(self._timeout)
         started = time.perf_counter()
         stage = Stage.RESOLVE
         ip: str | None = target.ip
         protocol: _HandshakeProtocol | None = None
+        tls: TlsFacts | None = None
+        chain: tuple[bytes, ...] = ()
+        decoded: tuple[Any, ...] = ()
+        failure: Failure | None = None
         cause: BaseException | None = None
         try:
             async with asyncio.timeout(attempt_bound(self._timeout)):
@@ -181,33 +150,31 @@ class Prober:
                     self._gate.release()
 
                 stage = Stage.CERTIFICATE
-                handshake = _capture(protocol.ssl_object)
-                error = None if handshake.chain else ProbeError(
-                    ErrorType.TLS_ERROR, stage, "the server sent no certificate"
-                )
-                outcome_handshake: Handshake | None = handshake
+                tls = _tls_facts(protocol.ssl_object)
+                chain, decoded = unverified_chain(protocol.ssl_object)
+                if not chain:
+                    failure = Failure(ErrorType.TLS_ERROR, stage, "the server sent no certificate")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = classify(exc, stage)
-            cause = exc
-            outcome_handshake = None
+            failure = classify(exc, stage)
+            cause = None if isinstance(exc, Failed) else exc
         finally:
             if protocol is not None:
                 protocol.close()
-        timings.total = round((time.perf_counter() - started) * 1000, 3)
-        return ProbeOutcome(ip, outcome_handshake, error, timings, cause)
+        total = round((time.perf_counter() - started) * 1000, 3)
+        return Capture(ip, tls, chain, timings.freeze(total), failure, decoded, cause)
 
     async def _take_slot(self) -> None:
         try:
             async with asyncio.timeout(self._timeout):
                 await self._gate.acquire()
         except TimeoutError:
-            raise ProbeError(
+            raise Failed(Failure(
                 ErrorType.TIMEOUT, Stage.HANDSHAKE,
                 f"the server answered, but no handshake slot came free within "
                 f"{self._timeout:g}s: this scanner is overloaded (lower --concurrency, "
-                f"or --handshakes)") from None
+                f"or --handshakes)")) from None
 
 
 # What a probe buffers of a server's answer while it waits for a handshake slot. An alert,
@@ -242,17 +209,11 @@ class _HandshakeProtocol(asyncio.Protocol):
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        # `_wrap_bio` is what `SSLContext.wrap_bio` calls: the `_ssl._SSLSocket` itself,
-        # without the `ssl.SSLObject` wrapper, whose Python frame per call (handshake
-        # step, version, cipher) would cost more than the calls; both have the same
-        # methods and raise the same errors. (`SSLObject._create` calls it so, 3.7 to 3.13
-        # at least.) Names come from targets.py already IDNA-encoded; the encoding below is
-        # `wrap_bio`'s own.
-        if not server_hostname.isascii():
-            server_hostname = server_hostname.encode("idna").decode("ascii")
-        self.ssl_object: Any = context._wrap_bio(  # type: ignore[attr-defined]
-            self._incoming, self._outgoing, server_side=False,
-            server_hostname=server_hostname, owner=None, session=None,
+        # The bare `_ssl._SSLSocket` where it checks out (`hooks.wrap_bio`), else an
+        # `ssl.SSLObject`: the same methods, raising the same errors. Names come from
+        # targets.py already IDNA-encoded.
+        self.ssl_object: Any = hooks.wrap_bio(
+            context, self._incoming, self._outgoing, server_hostname
         )
         self._loop = loop
         self._answered: asyncio.Future[None] = self._loop.create_future()
@@ -378,7 +339,7 @@ def backoff_delay(attempt: int) -> float:
     return float(min(0.25 * 2.0 ** (attempt - 1), 2.0))
 
 
-def _retryable(error: ProbeError) -> bool:
+def _retryable(error: Failure) -> bool:
     return error.stage is Stage.CONNECT and error.type in (
         ErrorType.REFUSED,
         ErrorType.UNREACHABLE,
@@ -393,13 +354,7 @@ def _ms(t0: float, clock: Clock, now: float | None = None) -> float:
     return round(elapsed * 1000, 3)
 
 
-def _capture(ssl_object: Any) -> Handshake:
+def _tls_facts(ssl_object: Any) -> TlsFacts:
     cipher = ssl_object.cipher()
-    chain, native = unverified_chain(ssl_object)
-    return Handshake(
-        version=ssl_object.version(),
-        cipher=cipher[0] if cipher else None,
-        alpn=ssl_object.selected_alpn_protocol(),
-        chain=chain,
-        native=native,
-    )
+    return TlsFacts(ssl_object.version(), cipher[0] if cipher else None,
+                    ssl_object.selected_alpn_protocol())

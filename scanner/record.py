@@ -1,8 +1,10 @@
-"""Scan records: pure functions from a target and what its probe saw to one JSON object.
+"""Records: pure functions from a target and the values its stages produced to a Record,
+and the one encoder of a Record as a JSON line.
 
-The record is the output contract (DESIGN.md, "Output record"; the JSON Schema ships as
-`record.schema.json`). Every key is present on every record; a key that does not apply is
-null (or [] for `chain`). Keys are only ever added, never renamed; `schema_version` says so.
+The record is the output contract (the JSON Schema ships as `record.schema.json`; the
+value is values.Record). Every key is present on every record; a key that does not apply
+is null (or [] for `chain`). Keys are only ever added, never renamed; `schema_version`
+says so.
 """
 
 from __future__ import annotations
@@ -10,42 +12,27 @@ from __future__ import annotations
 import ipaddress
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 import orjson
 
-from . import certs
-from .errors import ErrorType, ProbeError, Stage, internal
-from .probe import ProbeOutcome
 from .targets import BadLine, Target
-from .verify import Policy, TrustStore, verify_chain
+from .values import (
+    SCHEMA_VERSION,
+    Capture,
+    ErrorType,
+    Failure,
+    JSONObject,
+    Record,
+    Stage,
+    Verdict,
+)
 
-SCHEMA_VERSION = 1
-
-Record = dict[str, Any]
+__all__ = ["SCHEMA_VERSION", "Record", "bad_line_record", "capture_record", "encode",
+           "encode_json", "error_record", "sent_sni", "timestamp"]
 
 
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _base(target: str, host: str | None, port: int | None, now: datetime) -> Record:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "scanned_at": timestamp(now),
-        "target": target,
-        "host": host,
-        "port": port,
-        "ip": None,
-        "sni": None,
-        "status": "error",
-        "error": None,
-        "tls": None,
-        "timing_ms": None,
-        "certificate": None,
-        "chain": [],
-        "validation": None,
-    }
 
 
 def sent_sni(name: str | None) -> str | None:
@@ -65,62 +52,44 @@ def sent_sni(name: str | None) -> str | None:
 
 
 def bad_line_record(bad: BadLine, *, now: datetime) -> Record:
-    record = _base(bad.text, None, None, now)
-    record["error"] = ProbeError(ErrorType.INVALID_TARGET, Stage.TARGET, bad.message).as_dict()
-    return record
+    failure = Failure(ErrorType.INVALID_TARGET, Stage.TARGET, bad.message)
+    return Record(timestamp(now), bad.text, None, None, failure=failure)
 
 
-def error_record(target: Target, error: ProbeError, *, now: datetime) -> Record:
-    """A record for a target whose probe never produced an outcome (a crash, a stopped scan)."""
-    record = _base(target.text, target.host, target.port, now)
-    record["ip"] = target.ip
-    record["sni"] = sent_sni(target.sni)
-    record["error"] = error.as_dict()
-    return record
+def error_record(target: Target, failure: Failure, *, now: datetime) -> Record:
+    """A record for a target whose probe never produced a capture (a crash, a lost lane)."""
+    return Record(timestamp(now), target.text, target.host, target.port, ip=target.ip,
+                  sni=sent_sni(target.sni), failure=failure)
 
 
-def probe_record(
-    target: Target, outcome: ProbeOutcome, *, now: datetime, store: TrustStore | None,
-    policy: Policy = "default",
+def capture_record(
+    target: Target, capture: Capture, *, now: datetime,
+    certificate: JSONObject | None = None, chain: tuple[JSONObject, ...] = (),
+    validation: Verdict | None = None, failure: Failure | None = None,
 ) -> Record:
-    """The record of one probe: certificate facts and, with a trust store, the verdict
-    (under verification ``policy``)."""
-    record = _base(target.text, target.host, target.port, now)
-    record["ip"] = outcome.ip
-    # What went out, not what was asked for: an IP literal as the server name sends none.
-    # The name the verdict checked is validation.server_name.
-    record["sni"] = sent_sni(target.sni)
-    record["timing_ms"] = outcome.timings.as_dict()
-    handshake = outcome.handshake
-    if handshake is not None:
-        record["tls"] = {
-            "version": handshake.version,
-            "cipher": handshake.cipher,
-            "alpn": handshake.alpn,
-        }
-        if handshake.chain:
-            try:
-                facts = certs.certificate_facts(handshake.chain[0], now=now)
-                record["certificate"] = facts
-                # The leaf's entry comes from its facts: no second parse.
-                record["chain"] = [certs.leaf_entry(facts)] + [
-                    certs.chain_entry(der) for der in handshake.chain[1:]
-                ]
-                if store is not None:
-                    verdict = verify_chain(handshake.native or handshake.chain, store,
-                                           server_name=target.server_name, policy=policy)
-                    record["validation"] = verdict.as_dict()
-            except Exception as exc:  # a bug in our parsing, not the server's fault
-                record["error"] = internal(exc, Stage.CERTIFICATE).as_dict()
-                return record
-    if outcome.error is not None:
-        record["error"] = outcome.error.as_dict()
-    else:
-        record["status"] = "ok"
-    return record
+    """The record of one probe: what it captured, with the facts and verdict judged from
+    it (assess.py). `failure`, if given, replaces the capture's own (a bug in judging)."""
+    return Record(
+        timestamp(now), target.text, target.host, target.port,
+        ip=capture.ip,
+        # What went out, not what was asked for: an IP literal as the server name sends
+        # none. The name the verdict checked is validation.server_name.
+        sni=sent_sni(target.sni),
+        failure=failure or capture.failure,
+        tls=capture.tls,
+        timings=capture.timings,
+        certificate=certificate,
+        chain=chain,
+        validation=validation,
+    )
 
 
 def encode(record: Record) -> bytes:
+    """The record as one JSON line (`encode_json` of its JSON object)."""
+    return encode_json(record.as_dict())
+
+
+def encode_json(data: dict[str, object]) -> bytes:
     """One JSON line, as bytes, exactly as `json` with ensure_ascii writes it: ensure_ascii
     keeps hostile certificate strings (lone surrogates, control characters) from ever
     producing a line that is not valid UTF-8 JSON.
@@ -135,13 +104,13 @@ def encode(record: Record) -> bytes:
     digits (records' only floats are timings rounded to the microsecond: 0 or >= 0.001).
     """
     try:
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        line = orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
         pass
     else:
         if line.isascii() and b"\x7f" not in line:
             return line
-    return (_ENCODER.encode(record) + "\n").encode("ascii")
+    return (_ENCODER.encode(data) + "\n").encode("ascii")
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # built once, not per record

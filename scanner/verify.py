@@ -9,15 +9,14 @@ running interpreter, so a verdict does not change with the Python that runs cert
 ``default`` is what ``create_default_context`` sets on Python 3.11 and 3.12; ``strict`` adds
 the two flags 3.13 adds there.
 
-The chain may be DER bytes or the ``_ssl.Certificate`` objects a handshake already decoded
-(``ssl_object._sslobj.get_unverified_chain()``): those lend their ``X509`` directly, which
-skips ``d2i_X509``, by far the largest cost of a call under OpenSSL 3.0 (see ``lend`` in
-``scanner.openssl``, which holds the ctypes bindings).
+The chain may be DER bytes or the certificate objects a handshake already decoded
+(``scanner.hooks.unverified_chain``): those lend their ``X509`` directly, which skips
+``d2i_X509``, by far the largest cost of a call under OpenSSL 3.0 (see ``lend`` in
+``scanner.hooks``; ``scanner.openssl`` holds the ctypes bindings).
 """
 
 from __future__ import annotations
 
-import _ssl
 import ctypes
 import importlib
 import os
@@ -26,9 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
-from .openssl import bind, decode, lend
+from .hooks import lend
+from .openssl import bind, decode
+from .values import Verdict
+
+if TYPE_CHECKING:
+    from .hooks import NativeCertificate
+
+__all__ = ["POLICIES", "Policy", "TrustStore", "Verdict", "to_ssl_error", "verify_chain"]
 
 Policy = Literal["default", "strict"]
 
@@ -91,39 +97,6 @@ _X509_V_ERR_UNSPECIFIED = 1  # a failed verification that set no code (internal 
 _NAME_ERRORS = {62: "Hostname mismatch", 64: "IP address mismatch"}
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """The stdlib client's answer for one chain, name, store and policy.
-
-    ``hostname_match`` is None when no name was given; ``reason`` is None exactly when
-    ``trusted``. ``code`` (the X509_V_ERR code, 0 when trusted) and ``verify_message`` (the
-    stdlib's wording) are kept for ``to_ssl_error`` and are not part of ``as_dict``.
-    ``server_name`` is the name checked (as the stdlib encodes it: IDNA A-labels) or None;
-    ``policy`` the verification policy that judged.
-    """
-
-    trusted: bool
-    hostname_match: bool | None
-    reason: str | None
-    message: str
-    store: str
-    code: int = 0
-    verify_message: str = "ok"
-    server_name: str | None = None
-    policy: str = "default"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "trusted": self.trusted,
-            "hostname_match": self.hostname_match,
-            "reason": self.reason,
-            "message": self.message,
-            "store": self.store,
-            "server_name": self.server_name,
-            "policy": self.policy,
-        }
-
-
 class TrustStore:
     """An X509_STORE loaded once; safe to share between threads for verification.
 
@@ -139,7 +112,8 @@ class TrustStore:
     @classmethod
     def load(cls, spec: str) -> TrustStore:
         """``spec``: a PEM bundle, a directory (hashed or plain .pem/.crt files), "system"
-        (what ``load_default_certs`` loads on Linux) or "certifi". ValueError if unusable."""
+        (what ``load_default_certs`` loads on Linux) or "certifi". ValueError if unusable;
+        UnsupportedPlatform (``scanner.hooks``) where verdicts cannot be given at all."""
         lib = bind().crypto
         ptr = lib.X509_STORE_new()
         if not ptr:
@@ -220,17 +194,16 @@ def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
 
 
 def verify_chain(
-    chain: Sequence[bytes | _ssl.Certificate], store: TrustStore, *, server_name: str | None,
+    chain: Sequence[bytes | NativeCertificate], store: TrustStore, *, server_name: str | None,
     at: datetime | None = None, policy: Policy = "default",
 ) -> Verdict:
     """Verify ``chain`` (leaf first, as the server sent it) for ``server_name``.
 
-    Each certificate is DER bytes or an ``_ssl.Certificate`` from
-    ``ssl_object._sslobj.get_unverified_chain()`` (any Python from 3.10; the public
-    ``get_unverified_chain`` of 3.13 returns DER). A Certificate lends the X509 the handshake
-    already decoded, which saves ``d2i_X509`` (~0.3 ms a certificate under OpenSSL 3.0);
-    the verdict is the same either way. Anything else with a ``public_bytes(ENCODING_DER)``
-    is decoded from that DER.
+    Each certificate is DER bytes or a certificate object of the handshake's own
+    (``scanner.hooks.unverified_chain``; the public ``get_unverified_chain`` of 3.13
+    returns DER). Such an object lends the X509 the handshake already decoded, which saves
+    ``d2i_X509`` (~0.3 ms a certificate under OpenSSL 3.0); the verdict is the same either
+    way. Anything else with a ``public_bytes`` like theirs is decoded from its DER.
 
     ``server_name`` is what the client would pass as ``server_hostname`` (DNS name or IP
     literal); None checks the chain only and leaves ``hostname_match`` None. ``at`` (naive
@@ -238,7 +211,8 @@ def verify_chain(
     (``POLICIES``): "default" (Python 3.11/3.12's default context) or "strict" (3.13's).
     ValueError for an empty or undecodable chain, an unknown policy and for names the stdlib
     client itself refuses (empty, leading dot, not IDNA-encodable); TypeError for a chain
-    item that is neither DER bytes nor a certificate object.
+    item that is neither DER bytes nor a certificate object; UnsupportedPlatform
+    (``scanner.hooks``) where no verdict can be given.
     """
     if not chain:
         raise ValueError("empty chain")

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import orjson
 
-from .record import Record, encode
+from .record import encode
 from .targets import Target
+from .values import Record
 
 _TARGET = b"target"
 
@@ -31,8 +32,8 @@ class Line:
 
     @classmethod
     def of(cls, record: Record) -> Line:
-        error = record["error"]
-        return cls(encode(record), record["status"], error["type"] if error else None)
+        failure = record.failure
+        return cls(encode(record), record.status, None if failure is None else failure.type)
 
 
 def target_frame(tag: int, target: Target) -> bytes:

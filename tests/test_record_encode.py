@@ -1,4 +1,4 @@
-"""record.encode: orjson's speed, the stdlib encoder's bytes (ensure_ascii, compact)."""
+"""record.encode_json: orjson's speed, the stdlib encoder's bytes (ensure_ascii, compact)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from scanner.errors import ErrorType
-from scanner.record import encode
+from scanner.record import encode_json as encode
+from scanner.values import ErrorType
 
 STDLIB = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
@@ -19,7 +19,7 @@ def stdlib_line(record: Any) -> bytes:
 
 
 def a_record(**changes: Any) -> dict[str, Any]:
-    """The shape of a real ok record (see record.probe_record), every value type in it."""
+    """The shape of a real ok record (see record.capture_record), every value type in it."""
     record: dict[str, Any] = {
         "schema_version": 1, "scanned_at": "2026-12-06T02:11:59.302Z",
         "target": "host.example:443", "host": "host.example", "port": 443,

@@ -189,14 +189,14 @@ async def test_probe_reports_resolve_failures_and_uses_the_address(
         missing = await prober.probe(
             Target("missing.example.test", "missing.example.test", 443, None, None)
         )
-        assert missing.error is not None
-        assert (missing.error.type, missing.error.stage) == (ErrorType.DNS, Stage.RESOLVE)
+        assert missing.failure is not None
+        assert (missing.failure.type, missing.failure.stage) == (ErrorType.DNS, Stage.RESOLVE)
         assert missing.ip is None
 
         found = await prober.probe(Target("h9.example.test", "h9.example.test", 9, None, None))
         assert found.ip == "127.99.0.9"
-        assert found.error is not None
-        assert (found.error.type, found.error.stage) == (ErrorType.REFUSED, Stage.CONNECT)
+        assert found.failure is not None
+        assert (found.failure.type, found.failure.stage) == (ErrorType.REFUSED, Stage.CONNECT)
         assert found.timings.resolve is not None
     finally:
         resolver.close()

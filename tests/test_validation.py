@@ -15,9 +15,9 @@ import trustme
 
 import scanner
 from pki import STRICT, Scenario, client_context, pem, scenarios
-from scanner.errors import ErrorType, ProbeError, Stage
 from scanner.record import error_record
 from scanner.targets import parse_line
+from scanner.values import ErrorType, Failure, Stage
 from schema import checked
 from servers import free_port, next_address, server_context, tls_server
 
@@ -220,9 +220,9 @@ async def test_a_failed_probe_names_no_sni_for_an_ip_literal() -> None:
     assert refused["error"]["type"] == "refused" and refused["sni"] is None
     (target,) = parse_line(line, ports=(443,))
     assert target.sni == named  # still the name to verify against
-    crashed = checked(error_record(target, ProbeError(ErrorType.INTERNAL, Stage.SCAN, "x"),
-                                   now=datetime.now(UTC)))
+    crashed = checked(error_record(target, Failure(ErrorType.INTERNAL, Stage.SCAN, "x"),
+                                   now=datetime.now(UTC)).as_dict())
     assert crashed["sni"] is None
     (by_name,) = parse_line(f"{host}:443 name.test", ports=(443,))
-    assert error_record(by_name, ProbeError(ErrorType.INTERNAL, Stage.SCAN, "x"),
-                        now=datetime.now(UTC))["sni"] == "name.test"
+    assert error_record(by_name, Failure(ErrorType.INTERNAL, Stage.SCAN, "x"),
+                        now=datetime.now(UTC)).sni == "name.test"
