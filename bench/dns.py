@@ -18,7 +18,7 @@ getaddrinfo asks the name server in /etc/resolv.conf. The machine's file is left
 the benchmark re-runs itself in a private mount namespace (root, `unshare --mount`) with a
 resolv.conf of its own bind-mounted over it. All traffic stays on loopback.
 
-    sudo /work/venv/bin/python bench/dns.py            # everything, ~2 minutes
+    sudo .venv/bin/python bench/dns.py                 # everything, ~2 minutes
     python bench/dns.py --budget 10 --skip-scan        # quicker
 Each variant runs in its own process and stops after --budget seconds; the slow ones report
 the rate they kept up until then.

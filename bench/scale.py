@@ -6,7 +6,8 @@ Pss summed over certscan's whole process tree (its forked workers share pages wi
 measure.py explains why Pss), and ru_maxrss of its largest single process (os.wait4).
 Nothing listens on 127.64.x.x, so every target is a quick "refused" and the run measures
 the scanner's own bookkeeping: input streaming, queues, records.
-Goal (DESIGN, "Quality bars"): the larger scan's peak within 1.25x of the smaller one's.
+Goal (memory flat in the list's length: docs/architecture.md, "The engine"): the larger
+scan's peak within 1.25x of the smaller one's.
 
     python bench/scale.py                      # both blocks, ~2-3 minutes
     python bench/scale.py --blocks /18 /16     # other sizes

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                       metavar="N", help=f"targets in flight (default {DEFAULT_CONCURRENCY})")
     scan.add_argument("--timeout", type=_positive(float), default=DEFAULT_TIMEOUT,
                       metavar="SECONDS",
-                      help=f"deadline per target, all stages (default {DEFAULT_TIMEOUT:g})")
+                      help=f"deadline of each attempt: resolve, connect and handshake (default "
+                           f"{DEFAULT_TIMEOUT:g}); waiting for a CPU slot is bounded apart")
     scan.add_argument("--ca-bundle", metavar="PATH|DIR|system|certifi",
                       help="judge each chain against this trust store (default: no verdict)")
     scan.add_argument("--verify-policy", choices=("default", "strict"), default="default",

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, SupportsIndex, TypedDict
 
 from .gate import HandshakeGate
-from .resolve import _nameserver
+from .resolve import check_nameserver
 from .targets import TargetError, parse_server_name
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
@@ -162,19 +162,25 @@ class ScanConfig:
                   ("443,8443", "8000-8010") or an iterable of ports; stored as a tuple
     sni:          server name for targets that name none (None: the hostname, or no SNI for IPs)
     concurrency:  targets in flight at once
-    timeout:      one overall deadline per target, in seconds, covering every stage (an int
-                  or a float, stored as a float; so is rate)
+    timeout:      the deadline of one attempt, in seconds (an int or a float, stored as a
+                  float; so is rate), shared by its stages: resolve, connect, handshake.
+                  Each retry starts a fresh one. Waiting for a handshake slot is not
+                  counted against it but is bounded by it again, so one attempt takes at
+                  most 2 x timeout + 0.5 s of wall time (probe.attempt_bound); waits for
+                  a --rate turn and retry backoff come on top (docs/architecture.md,
+                  "Deadlines")
     ca_bundle:    trust store for verdicts: a PEM file, a directory, "system" or "certifi"
                   (a str or a path); None leaves `validation` null
     alpn:         protocols offered in ALPN (empty: no ALPN extension): the command line's
                   comma-separated string ("h2,http/1.1"; "" for none) or an iterable of
                   names, taken as is
-    retries:      extra attempts after a connect-stage failure (refused, unreachable, timeout)
+    retries:      extra attempts after a connect-stage failure (refused, unreachable,
+                  timeout, reset), with backoff
     rate:         new connections per second across the scan (None: unlimited)
     resolver:     "thread" (getaddrinfo on a wide thread pool) or "aiodns" (c-ares)
     resolver_threads: width of that thread pool
-    nameservers:  DNS servers for aiodns ("ip", "ip:port", "[v6]:port"), one string or an
-                  iterable of them; () is the system's
+    nameservers:  DNS servers for aiodns ("ip", "ip:port", "[v6]:port" or a bare v6), one
+                  string or an iterable of them; () is the system's
     handshakes:   answered TLS handshakes worked through at once; None adapts the number
                   to the measured CPU cost per handshake (gate.py). Waiting for a slot is
                   not on the target's clock.
@@ -257,7 +263,7 @@ class ScanConfig:
         servers = _strings("nameserver", self.nameservers)
         for server in servers:
             try:
-                _nameserver(server)
+                check_nameserver(server)
             except ValueError as exc:
                 raise ConfigError(f"nameserver: {exc}") from None
         store("nameservers", servers)

@@ -45,7 +45,7 @@ _NOT_TLS_REASONS = frozenset(
 )
 
 # Alerts arrive as SSLV3_ALERT_*, TLSV1_ALERT_*, TLSV13_ALERT_* and also as bare names with no
-# "ALERT" in them (DESIGN.md, "Decisions already measured"), so we match on the reason.
+# "ALERT" in them (seen under asyncio and uvloop alike), so we match on the reason.
 _ALERT_PREFIXES = ("SSLV3_ALERT_", "TLSV1_ALERT_", "TLSV13_ALERT_")
 _BARE_ALERT_REASONS = frozenset(
     {

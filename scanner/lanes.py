@@ -15,7 +15,7 @@ The guarantees hold across processes: every job dealt out comes back as exactly 
 record (a lane that ends early, a worker killed or crashed in C code, costs its in-flight
 jobs an `internal` record each, and gets no more jobs); a stop reaches every lane, which
 finishes or drops its in-flight jobs within the grace period; `--resume` works on the
-single output file the parent writes. docs/architecture.md has the picture.
+single output file the parent writes. docs/architecture.md, "Processes", has the picture.
 """
 
 from __future__ import annotations
@@ -165,9 +165,12 @@ class ProcessLane:
             del pending[:end]
             yield [read_record(frame) for frame in frames]
         worker = self._worker
-        _, worker.status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
+        _, status = await asyncio.to_thread(os.waitpid, worker.pid, 0)
+        worker.status = os.waitstatus_to_exitcode(status)  # -N: killed by signal N
         if worker.status != 0 and not self._stopping:
-            self.ended_early = f"{self.name} exited with status {worker.status}"
+            how = (f"was killed by signal {-worker.status}" if worker.status < 0
+                   else f"exited with status {worker.status}")
+            self.ended_early = f"{self.name} {how}"
 
     def kill(self) -> None:
         worker = self._worker
@@ -201,9 +204,11 @@ class Router:
         self._lanes = list(lanes)
         self._cap = cap
         self._stopping = False
+        self._credit = asyncio.Event()  # set when a lane has room again (or on a stop)
 
     def stop(self) -> None:
         self._stopping = True
+        self._credit.set()  # a dealer waiting for room stops waiting
         for lane in self._lanes:
             lane.stop()
 
@@ -213,7 +218,7 @@ class Router:
         # Not bounded by size: what enters is bounded already (records come only from jobs
         # dealt, at most `cap` a lane), and the caller empties it on every turn.
         out: asyncio.Queue[list[Line] | None] = asyncio.Queue()
-        credit = asyncio.Event()  # set when a lane has room again
+        credit = self._credit
         in_flight: dict[int, dict[int, Job]] = {id(lane): {} for lane in self._lanes}
         live = list(self._lanes)
         dealt: dict[int, list[Job]] = {id(lane): [] for lane in self._lanes}

@@ -74,10 +74,11 @@ def bind() -> _OpenSSL:
     for name, (restype, argtypes) in _SIGNATURES.items():
         func = getattr(crypto, name)
         func.restype, func.argtypes = restype, argtypes
-    # Host flags: names from the SAN only (DESIGN's contract, and what browsers do), so
-    # NEVER_CHECK_SUBJECT (0x20) is set even though 3.11's default client still falls back
-    # to the subject CN when a certificate has no DNS SAN (hostname_checks_common_name is
-    # True there). NO_PARTIAL_WILDCARDS (0x4) is what _ssl always sets.
+    # Host flags: names from the SAN only (the record's contract: README, "Verdicts"; and
+    # what browsers do), so NEVER_CHECK_SUBJECT (0x20) is set even though 3.11's default
+    # client still falls back to the subject CN when a certificate has no DNS SAN
+    # (hostname_checks_common_name is True there). NO_PARTIAL_WILDCARDS (0x4) is what _ssl
+    # always sets.
     host_flags = 0x4 | 0x20
     return _OpenSSL(crypto, host_flags)
 

@@ -1,8 +1,8 @@
 """Name resolution that keeps up with the scan.
 
 `loop.getaddrinfo` runs on the loop's default executor: uvloop's is libuv's pool of four
-threads, which at 50 ms per lookup caps a whole scan at ~40 names/s (DESIGN, "Decisions
-already measured"). We use threads of our own, as many as the lookups in flight need, or
+threads, which at 50 ms per lookup caps a whole scan at ~40 names/s (bench/dns.py; README,
+"Name resolution"). We use threads of our own, as many as the lookups in flight need, or
 c-ares (aiodns), which needs none; and every target that names the same host (ports, SNI
 variants) shares one lookup.
 """
@@ -18,6 +18,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
+
+from .targets import TargetError, parse_port, split_host_port
 
 if TYPE_CHECKING:
     import aiodns
@@ -194,23 +196,22 @@ _ARES_TO_EAI = {
 }
 
 
-def _nameserver(text: str) -> str:
-    """Check one "IP", "IP:PORT" or "[IPv6]:PORT"; c-ares takes the same syntax."""
-    host, port = text, "53"
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"nameserver {text!r}: expected [IPv6]:PORT")
-            port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
+def check_nameserver(text: str) -> str:
+    """Check one "IP", "IP:PORT", "[IPv6]:PORT" or bare IPv6 (split as target lines are:
+    targets.split_host_port); c-ares takes the same syntax. ValueError naming it."""
+    try:
+        host, port = split_host_port(text)
+    except TargetError:
+        raise ValueError(f"nameserver {text!r}: expected [IPv6]:PORT") from None
     try:
         ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(f"nameserver {text!r}: not an IP address") from None
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ValueError(f"nameserver {text!r}: bad port {port!r}")
+    if port is not None:
+        try:
+            parse_port(port)
+        except TargetError:
+            raise ValueError(f"nameserver {text!r}: bad port {port!r}") from None
     return text
 
 
@@ -235,7 +236,7 @@ class AiodnsResolver:
     ) -> None:
         import aiodns  # noqa: F401 - optional dependency: fail here, not at the first lookup
 
-        self._nameservers = [_nameserver(server) for server in nameservers or ()]
+        self._nameservers = [check_nameserver(server) for server in nameservers or ()]
         self._timeout = timeout
         self._tries = tries
         self._cache = _Cache(cache_size)

@@ -1,6 +1,7 @@
 """Target lines -> `Target`s. Pure parsing plus one streaming reader.
 
-Grammar (DESIGN.md, "Target lines"), one target per line, an optional server name after it:
+Grammar (README and docs/architecture.md, "Target lines"), one target per line, an optional
+server name after it:
 
     example.org                 example.org:8443          192.0.2.7        192.0.2.7:8443
     [2001:db8::1]:443           2001:db8::1               https://example.org:8443/path
@@ -125,13 +126,37 @@ def _is_loose_ascii_hostname(name: str) -> bool:
     )
 
 
-def _parse_port(text: str) -> int:
-    if not text.isdigit():
+def parse_port(text: str) -> int:
+    """A TCP port in ASCII digits, 1 to 65535, or TargetError. (str.isdigit alone takes
+    "²", which int() refuses: a line must cost its own record, never raise ValueError.)"""
+    if not (text.isascii() and text.isdigit()):
         raise TargetError(f"invalid port {text!r}")
     port = int(text)
     if not 1 <= port <= 65535:
         raise TargetError(f"port {port} out of range (1-65535)")
     return port
+
+
+def split_host_port(text: str) -> tuple[str, str | None]:
+    """`text` as (host, port as written, or None when it names none), by syntax alone:
+    "host", "host:port", "[IPv6]", "[IPv6]:port", or a bare IPv6 address, whose colons (more
+    than one) separate no port. Pure; what is in the brackets, and the port, are the
+    caller's to check (target lines and --nameserver each check them their own way).
+    TargetError for an unclosed '[' or anything but ":port" after the ']'."""
+    if text.startswith("["):
+        close = text.find("]")
+        if close < 0:
+            raise TargetError(f"unclosed '[' in {text!r}")
+        host, rest = text[1:close], text[close + 1 :]
+        if not rest:
+            return host, None
+        if not rest.startswith(":"):
+            raise TargetError(f"unexpected {rest!r} after ']'")
+        return host, rest[1:]
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, port
+    return text, None
 
 
 def _ip_literal(text: str) -> str | None:
@@ -155,24 +180,10 @@ def _split_address(spec: str) -> tuple[str, int | None]:
         if not url.hostname:
             raise TargetError(f"URL without a host: {spec!r}")
         return url.hostname, port if port is not None else _SCHEME_PORTS[scheme]
-    if spec.startswith("["):
-        close = spec.find("]")
-        if close < 0:
-            raise TargetError(f"unclosed '[' in {spec!r}")
-        host, rest = spec[1:close], spec[close + 1 :]
-        if _ip_literal(host) is None or ":" not in host:
-            raise TargetError(f"{host!r} in brackets is not an IPv6 address")
-        if not rest:
-            return host, None
-        if not rest.startswith(":"):
-            raise TargetError(f"unexpected {rest!r} after ']'")
-        return host, _parse_port(rest[1:])
-    if spec.count(":") > 1:  # bare IPv6: its colons are not a port separator
-        return spec, None
-    if ":" in spec:
-        host, port_text = spec.rsplit(":", 1)
-        return host, _parse_port(port_text)
-    return spec, None
+    host, port_text = split_host_port(spec)
+    if spec.startswith("[") and (_ip_literal(host) is None or ":" not in host):
+        raise TargetError(f"{host!r} in brackets is not an IPv6 address")
+    return host, None if port_text is None else parse_port(port_text)
 
 
 def _cidr_addresses(spec: str) -> Iterator[str] | None:

@@ -20,8 +20,9 @@ def capture_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
     """A client context that completes a handshake with any server an inventory meets.
 
     It does not judge: the certificate is captured whatever it is, and verify.py gives the
-    verdict afterwards from the captured chain (DESIGN: a verifying handshake would abort
-    on a bad certificate and lose it). Built once per scan and shared by every probe.
+    verdict afterwards from the captured chain (a verifying handshake would abort on a bad
+    certificate and lose it: docs/architecture.md, "Verdicts"). Built once per scan and
+    shared by every probe.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     # Capture, don't verify: the verdict comes from verify.py on the same chain.

@@ -2,9 +2,11 @@
 
     line --targets--> Target --probe--> Capture --assess--> facts, Verdict --record--> Record
 
-`Target` lives in targets.py beside its parser; the rest live here, so that a pure module
-(record.py, assess.py, the engine's bookkeeping) imports values, never the modules that
-touch sockets or OpenSSL. docs/architecture.md walks one target through them.
+`Target` lives in targets.py beside its parser; the rest live here, so that the stages
+hand each other values and nothing else: record.py and wire.py, which are pure, import
+values, never the modules that touch sockets (probe.py) or call OpenSSL (verify.py, which
+assess.py calls for the verdict). docs/architecture.md, "One target's way", walks one target
+through them.
 
 The error taxonomy is here too: a `Failure` is a plain value (type, stage, message), made
 once at the edge where a foreign exception is caught (errors.classify), and carried from

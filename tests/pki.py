@@ -1,10 +1,18 @@
-"""Mint PKI scenarios for the verifier's tests, and judge them with a real stdlib handshake.
+"""Mint certificates for the tests: PKI scenarios for the verifier, judged by a real stdlib
+handshake, and single certificates for the facts tests, including ones no honest CA would
+issue. The one place tests mint (apart from trustme, and a few certificates with extensions
+the helpers here do not offer, built where they are used).
 
 Every scenario is a chain as a server would send it, the server's key, a root bundle for the
 client and the name the client asks for. ``stdlib_verdict`` is the oracle: an in-memory
 handshake between a SECLEVEL=0 server (so it can even load RSA-1024 or SHA-1 certificates)
 and ``ssl.create_default_context(cafile=roots)`` with the policy's verify flags
 (``CLIENT_FLAGS``: for "default" exactly what 3.11 and 3.12 set, for "strict" what 3.13 sets).
+
+For the facts tests, ``mint`` builds a certificate with ``cryptography``; ``patch`` then swaps
+bytes of equal length (a string tag, a serial, a date) so the DER holds what the builder
+refuses to write, and ``resign`` gives an Ed25519- or RSA-signed certificate a valid
+signature over the patched bytes.
 """
 
 from __future__ import annotations
@@ -16,40 +24,65 @@ import functools
 import ipaddress
 import ssl
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa, x25519
+from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-Key = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
-NOW = dt.datetime.now(dt.UTC)
+# cryptography 51 deprecates DSA and warns on each use of its names; the tests still make
+# DSA certificates (servers still send them), so they name DSA only with that warning off.
+# The scanner's own code runs with every warning an error (pyproject's filterwarnings).
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+    _DSAPrivateKey = dsa.DSAPrivateKey
+    _generate_dsa = dsa.generate_private_key
+
+PrivateKey = (rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+              | ed448.Ed448PrivateKey | _DSAPrivateKey | x25519.X25519PrivateKey)
+# Two clocks. The scenarios are judged by OpenSSL and by the stdlib client at the real time,
+# so their validity is set around REAL_NOW. The facts tests compare dates and days_left, so
+# they mint around a fixed NOW and read with now=NOW.
+REAL_NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime(2026, 1, 31, 12, 0, tzinfo=dt.UTC)
 DAY = dt.timedelta(days=1)
 
 
 @functools.cache
-def key(kind: str, slot: str) -> Key:
-    """One key per (kind, slot), reused across scenarios: RSA generation is the slow part."""
+def private_key(kind: str, slot: str = "") -> PrivateKey:
+    """One key per (kind, slot), reused across tests: RSA and DSA generation is slow."""
     del slot  # only part of the cache key
     if kind.startswith("rsa"):
         return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
-    if kind == "p256":
-        return ec.generate_private_key(ec.SECP256R1())
-    if kind == "p384":
-        return ec.generate_private_key(ec.SECP384R1())
+    if kind.startswith("dsa"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            return _generate_dsa(key_size=int(kind[3:]))
+    if kind in ("p256", "p384"):
+        return ec.generate_private_key(ec.SECP256R1() if kind == "p256" else ec.SECP384R1())
     if kind == "ed25519":
         return ed25519.Ed25519PrivateKey.generate()
+    if kind == "ed448":
+        return ed448.Ed448PrivateKey.generate()
+    if kind == "x25519":
+        return x25519.X25519PrivateKey.generate()
     raise ValueError(kind)
+
+
+def name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
 @dataclass(frozen=True)
 class Issued:
     cert: x509.Certificate
-    key: Key
+    key: PrivateKey
 
     @property
     def der(self) -> bytes:
@@ -66,8 +99,8 @@ def issue(
     dns: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
     eku: tuple[x509.ObjectIdentifier, ...] | None = (ExtendedKeyUsageOID.SERVER_AUTH,),
-    not_before: dt.datetime = NOW - 100 * DAY,
-    not_after: dt.datetime = NOW + 30 * DAY,
+    not_before: dt.datetime = REAL_NOW - 100 * DAY,
+    not_after: dt.datetime = REAL_NOW + 30 * DAY,
     digest: hashes.HashAlgorithm | None = None,
     akid: bool = True,
     bc_critical: bool = True,
@@ -79,13 +112,13 @@ def issue(
     ``akid=False`` leaves out the authorityKeyIdentifier and ``bc_critical=False`` marks
     basicConstraints non-critical: both legal, both refused by OpenSSL's X509_STRICT.
     """
-    own = key(key_kind, slot or cn)
+    own = private_key(key_kind, slot or cn)
     signer = issuer.key if issuer else own
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    subject = name(cn)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.cert.subject if issuer else name)
+        .subject_name(subject)
+        .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(own.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(not_before)
@@ -128,11 +161,7 @@ _SHA1_RSA = bytes.fromhex("300d06092a864886f70d0101050500")  # sha1WithRSAEncryp
 
 
 def _der(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes([tag, n]) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
+    return _header(tag, len(content)) + content
 
 
 def _resign_sha1(cert: x509.Certificate, signer: rsa.RSAPrivateKey) -> x509.Certificate:
@@ -168,7 +197,7 @@ class Scenario:
         return path
 
 
-def key_pem(k: Key) -> bytes:
+def key_pem(k: PrivateKey) -> bytes:
     return k.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -255,8 +284,9 @@ def scenarios() -> tuple[Scenario, ...]:
         cert = issue(f"{id}.leaf", inter, slot="leaf", **options)  # type: ignore[arg-type]
         s.append(_scenario(id, [cert, inter], [root], name, reason))
 
-    leaf_case("expired-leaf", "expired", not_before=NOW - 60 * DAY, not_after=NOW - DAY)
-    leaf_case("not-yet-valid-leaf", "not_yet_valid", not_before=NOW + DAY)
+    leaf_case("expired-leaf", "expired", not_before=REAL_NOW - 60 * DAY,
+              not_after=REAL_NOW - DAY)
+    leaf_case("not-yet-valid-leaf", "not_yet_valid", not_before=REAL_NOW + DAY)
     leaf_case("client-auth-only-eku", "invalid_purpose", eku=(ExtendedKeyUsageOID.CLIENT_AUTH,))
     leaf_case("rsa1024-leaf", "weak_key", key_kind="rsa1024")
     leaf_case("sha1-leaf", "weak_signature", digest=hashes.SHA1())
@@ -278,7 +308,7 @@ def scenarios() -> tuple[Scenario, ...]:
     s.append(_scenario("self-signed-leaf-trusted", [self_signed], [self_signed], host, None))
 
     old_inter = issue("Expired Intermediate", root, ca=True,
-                      not_before=NOW - 90 * DAY, not_after=NOW - DAY)
+                      not_before=REAL_NOW - 90 * DAY, not_after=REAL_NOW - DAY)
     s.append(_scenario("expired-intermediate",
                        [issue(host, old_inter, slot="leaf", dns=(host,)), old_inter],
                        [root], host, "expired"))
@@ -408,3 +438,101 @@ def handshake_certificates(scenario: Scenario) -> list[_ssl.Certificate]:
     client = _handshake(client_ctx, server_ctx, scenario)
     certs: list[_ssl.Certificate] = client._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     return certs
+
+
+# -- single certificates for the facts tests, odd ones included ------------------------------
+
+def mint(
+    *,
+    key: PrivateKey | None = None,
+    subject: x509.Name | str = "test.example",
+    issuer: x509.Name | str | None = None,
+    issuer_key: PrivateKey | None = None,
+    san: Sequence[x509.GeneralName] = (),
+    serial: int = 0x5EC7A1,
+    not_before: dt.datetime = NOW - 10 * DAY,
+    not_after: dt.datetime = NOW + 90 * DAY,
+    ca: bool | None = None,
+    digest: hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None = None,
+    pss: bool = False,
+) -> bytes:
+    """DER of a certificate; self-signed by `key` (Ed25519 by default) unless an issuer
+    key is given. `ca` None leaves out basicConstraints."""
+    key = key or private_key("ed25519")
+    issuer_key = issuer_key or key
+    assert not isinstance(issuer_key, x25519.X25519PrivateKey), "X25519 cannot sign"
+    subject = name(subject) if isinstance(subject, str) else subject
+    issuer = name(issuer) if isinstance(issuer, str) else issuer or subject
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
+               .public_key(key.public_key()).serial_number(serial)
+               .not_valid_before(not_before).not_valid_after(not_after))
+    if san:
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
+    if digest is None and not isinstance(issuer_key, ed25519.Ed25519PrivateKey
+                                         | ed448.Ed448PrivateKey):
+        digest = hashes.SHA256()
+    scheme = padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH) if pss else None
+    return builder.sign(issuer_key, digest, rsa_padding=scheme).public_bytes(
+        serialization.Encoding.DER)
+
+
+def patch(der: bytes, old: bytes, new: bytes, *, count: int | None = None) -> bytes:
+    """Replace every `old` (which must occur `count` times, when given) by `new`, same length,
+    so that no enclosing DER length changes."""
+    assert len(old) == len(new), (old, new)
+    assert old in der, old
+    if count is not None:
+        assert der.count(old) == count, (old, der.count(old))
+    return der.replace(old, new)
+
+
+def patch_nth(der: bytes, old: bytes, new: bytes, nth: int) -> bytes:
+    """Replace only the nth (0-based) occurrence of `old`."""
+    assert len(old) == len(new)
+    pos = -1
+    for _ in range(nth + 1):
+        pos = der.index(old, pos + 1)
+    return der[:pos] + new + der[pos + len(old):]
+
+
+def resign(der: bytes, key: PrivateKey, digest: hashes.HashAlgorithm | None = None) -> bytes:
+    """Sign the (patched) TBSCertificate again. Only for keys whose signatures have a fixed
+    length (Ed25519, RSA), so the signature is simply the last bytes of the DER."""
+    tbs_pos = _bounds(der, 0)[0]
+    tbs = der[tbs_pos:_bounds(der, tbs_pos)[1]]
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return der[:-64] + key.sign(tbs)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    return der[:-key.key_size // 8] + key.sign(tbs, padding.PKCS1v15(), digest or hashes.SHA256())
+
+
+def as_version_1(der: bytes, key: PrivateKey) -> bytes:
+    """The certificate without its version field, as v1 certificates (old roots) are:
+    re-encoded and re-signed. It must have no extensions."""
+    tbs_pos = _bounds(der, 0)[0]
+    tbs_start, tbs_end = _bounds(der, tbs_pos)
+    version = b"\xa0\x03\x02\x01\x02"
+    assert isinstance(key, ed25519.Ed25519PrivateKey)
+    assert der[tbs_start:tbs_start + 5] == version and b"\xa3" not in der[tbs_end - 2:tbs_end]
+    tbs = _header(0x30, tbs_end - tbs_start - 5) + der[tbs_start + 5:tbs_end]
+    algorithm = der[tbs_end:_bounds(der, tbs_end)[1]]
+    body = tbs + algorithm + b"\x03\x41\x00" + key.sign(tbs)
+    return _header(0x30, len(body)) + body
+
+
+def _bounds(der: bytes, pos: int) -> tuple[int, int]:
+    """Where the contents of the DER element at `pos` start and end."""
+    size = der[pos + 1]
+    if not size & 0x80:
+        return pos + 2, pos + 2 + size
+    start = pos + 2 + (size & 0x7F)
+    return start, start + int.from_bytes(der[pos + 2:start])
+
+
+def _header(tag: int, length: int) -> bytes:
+    if length < 0x80:
+        return bytes([tag, length])
+    size = (length.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | size]) + length.to_bytes(size)

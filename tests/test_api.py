@@ -259,7 +259,7 @@ async def test_twin_refused_is_the_stdlibs() -> None:
         (alert(112), ssl.SSLError),  # unrecognized_name: an alert named without "ALERT"
         (fin_after_hello, ssl.SSLEOFError),
         (rst_after_hello, ConnectionResetError),
-        (silent, TimeoutError),  # the handshake's timeout
+        pytest.param(silent, TimeoutError, marks=pytest.mark.slow),  # the timeout: ~1 s
     ],
     ids=["not-tls", "alert-40", "alert-112", "fin", "rst", "timeout"],
 )

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
-from certfactory import DAY, NOW, as_version_1, mint, patch, patch_nth, private_key, resign
+from pki import DAY, NOW, as_version_1, mint, patch, patch_nth, private_key, resign
 from scanner import certs, der
 from scanner.certs import certificate_facts, chain_entry, der_to_pem
 

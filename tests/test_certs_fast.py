@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 import pki
-from certfactory import DAY, NOW, as_version_1, mint, patch, patch_nth, private_key, resign
+from pki import DAY, NOW, as_version_1, mint, patch, patch_nth, private_key, resign
 from scanner import certs, der
 
 Maker = Callable[[], bytes]

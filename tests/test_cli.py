@@ -1,4 +1,8 @@
-"""The command line end to end, through a real subprocess, against real servers."""
+"""The command line end to end, through a real subprocess, against real servers.
+
+Each case starts certscan (with its forked workers), so all but the first are marked slow;
+the first stays in the fast subset (`pytest -m "not slow"`) and takes every module of a
+command-line scan end to end: cli, lanes, wire, sink, progress, runtime."""
 
 from __future__ import annotations
 
@@ -63,6 +67,7 @@ async def test_file_in_file_out(ca: trustme.CA, tmp_path: Path) -> None:
     assert "3 records" in stderr.decode()  # the summary
 
 
+@pytest.mark.slow
 async def test_stdin_to_stdout_with_python_dash_m(ca: trustme.CA) -> None:
     async with tls_server(server_context(ca.issue_cert("stdin.test"))) as server:
         code, stdout, stderr = await run(
@@ -76,6 +81,7 @@ async def test_stdin_to_stdout_with_python_dash_m(ca: trustme.CA) -> None:
     assert sorted(str(r["sni"]) for r in got) == ["None", "stdin.test"]
 
 
+@pytest.mark.slow
 async def test_targets_on_the_command_line_and_ports(ca: trustme.CA) -> None:
     async with tls_server(server_context(ca.issue_cert("argv.test"))) as server:
         code, stdout, _ = await run(
@@ -87,6 +93,7 @@ async def test_targets_on_the_command_line_and_ports(ca: trustme.CA) -> None:
     assert (record["status"], record["sni"], record["port"]) == ("ok", "argv.test", server.port)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -107,6 +114,7 @@ async def test_usage_errors_exit_2_naming_the_flag(args: list[str], message: str
     assert message in stderr.decode()
 
 
+@pytest.mark.slow
 async def test_progress_is_drawn_on_a_terminal(ca: trustme.CA, tmp_path: Path) -> None:
     """stderr a terminal: a live progress line, then the summary; records only in OUT."""
     controller, terminal = pty.openpty()
@@ -137,6 +145,7 @@ async def test_progress_is_drawn_on_a_terminal(ca: trustme.CA, tmp_path: Path) -
     assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 300
 
 
+@pytest.mark.slow
 async def test_verify_policy_flag(tmp_path: Path) -> None:
     # The store holds only the intermediate: an anchor under "strict" (PARTIAL_CHAIN), not
     # under "default" (the root is missing).
@@ -158,6 +167,7 @@ async def test_verify_policy_flag(tmp_path: Path) -> None:
     assert got["strict"]["validation"]["trusted"] is True
 
 
+@pytest.mark.slow
 async def test_an_unknown_verify_policy_is_a_usage_error() -> None:
     code, stdout, stderr = await run(CERTSCAN, "scan", "-t", "x", "--verify-policy", "lenient")
     assert code == 2 and stdout == b""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from scanner.gate import HandshakeGate
 
 
@@ -28,6 +30,7 @@ async def test_a_fixed_gate_never_exceeds_its_limit() -> None:
     assert gate.limit == 7
 
 
+@pytest.mark.slow  # burns ~1.6 s of CPU
 async def test_the_limit_shrinks_when_handshakes_cost_cpu() -> None:
     gate = HandshakeGate(1000, budget=0.2)
     assert gate.limit == 50  # the prior, 4 ms per handshake, before any measurement

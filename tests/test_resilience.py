@@ -114,6 +114,7 @@ async def test_rate_spreads_new_connections(ca: trustme.CA) -> None:
     assert elapsed >= 7 / 20 * 0.9  # 8 connections at 20/s need at least 0.35 s
 
 
+@pytest.mark.slow  # ~2 s
 async def test_busy_scanner_does_not_time_out_servers_that_answer(ca: trustme.CA) -> None:
     """Far more targets in flight than the CPU can handshake at once: every one that
     answers in time must be ok, none timed out by our own queueing."""
@@ -149,6 +150,7 @@ async def _wait_for_lines(path: Path, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow  # a subprocess per case
 @pytest.mark.parametrize(("signum", "workers"), [
     (signal.SIGTERM, "1"), (signal.SIGINT, "1"), (signal.SIGTERM, "2"), (signal.SIGINT, "2"),
 ])
@@ -189,6 +191,7 @@ async def test_a_signal_stops_cleanly_and_resume_finishes(
     assert Counter(r["target"] for r in final) == Counter(lines)
 
 
+@pytest.mark.slow  # subprocesses
 async def test_resume_after_kill_9_repairs_a_torn_line(ca: trustme.CA, tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     targets = tmp_path / "targets.txt"
@@ -213,6 +216,7 @@ async def test_resume_after_kill_9_repairs_a_torn_line(ca: trustme.CA, tmp_path:
     assert Counter(r["target"] for r in final) == Counter(lines)
 
 
+@pytest.mark.slow  # a subprocess
 async def test_concurrency_is_clamped_to_the_fd_limit(ca: trustme.CA, tmp_path: Path) -> None:
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
@@ -257,6 +261,7 @@ def _children(pid: int) -> list[int]:
         return [int(child) for child in stream.read().split()]
 
 
+@pytest.mark.slow  # a subprocess and its workers
 async def test_a_dead_worker_costs_its_targets_an_internal_record(
     ca: trustme.CA, tmp_path: Path
 ) -> None:
@@ -284,6 +289,7 @@ async def test_a_dead_worker_costs_its_targets_an_internal_record(
     assert all(r["target"] == quiet.target for r in internal)
 
 
+@pytest.mark.slow  # a subprocess and its workers
 async def test_a_dead_worker_gets_no_more_targets_and_the_scan_finishes(
     ca: trustme.CA, tmp_path: Path
 ) -> None:

@@ -221,6 +221,7 @@ def _namespace_unavailable() -> str | None:
     return None
 
 
+@pytest.mark.slow  # ~1.5 s
 def test_thread_resolver_through_getaddrinfo(tmp_path: Path) -> None:
     reason = _namespace_unavailable()
     if reason is not None:

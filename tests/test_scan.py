@@ -240,6 +240,7 @@ async def test_a_bug_is_internal_with_its_traceback(
     assert "Traceback" in record["error"]["message"]
 
 
+@pytest.mark.slow  # ~2 s
 async def test_many_targets_each_get_exactly_one_record(ca: trustme.CA) -> None:
     ctx = server_context(ca.issue_cert("many.test"))
     async with tls_server(ctx) as good, raw_server(silent) as quiet:

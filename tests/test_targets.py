@@ -11,7 +11,9 @@ from scanner.targets import (
     TargetError,
     parse_line,
     parse_lines,
+    parse_port,
     read_targets,
+    split_host_port,
 )
 
 
@@ -152,3 +154,61 @@ async def test_read_targets_without_final_newline(tmp_path: Path) -> None:
     path.write_text("a.example\r\nb.example")
     items = [item async for item in read_targets([str(path)], ports=(443,))]
     assert [i.host for i in items if isinstance(i, Target)] == ["a.example", "b.example"]
+
+
+@pytest.mark.parametrize(
+    ("text", "split"),
+    [
+        ("example.org", ("example.org", None)),
+        ("example.org:8443", ("example.org", "8443")),
+        ("192.0.2.7", ("192.0.2.7", None)),
+        ("192.0.2.7:53", ("192.0.2.7", "53")),
+        ("[2001:db8::1]", ("2001:db8::1", None)),
+        ("[2001:db8::1]:443", ("2001:db8::1", "443")),
+        ("[192.0.2.7]:53", ("192.0.2.7", "53")),  # the brackets' contents are the caller's
+        ("2001:db8::1", ("2001:db8::1", None)),  # bare IPv6: no colon separates a port
+        ("::1", ("::1", None)),
+        ("host:", ("host", "")),  # the port is the caller's to check
+        ("[::1]:", ("::1", "")),
+    ],
+)
+def test_split_host_port_is_the_syntax_alone(text: str, split: tuple[str, str | None]) -> None:
+    assert split_host_port(text) == split
+
+
+@pytest.mark.parametrize(("text", "why"), [("[::1", "unclosed"), ("[::1]53", "unexpected '53'")])
+def test_split_host_port_refuses_broken_brackets(text: str, why: str) -> None:
+    with pytest.raises(TargetError, match=why):
+        split_host_port(text)
+
+
+def test_both_callers_share_the_split_and_keep_their_own_words() -> None:
+    from scanner.resolve import check_nameserver
+
+    for text in ("192.0.2.7", "192.0.2.7:5353", "[2001:db8::1]:5353", "2001:db8::1"):
+        assert check_nameserver(text) == text
+        host, port = split_host_port(text)
+        (target,) = parse_line(text, ports=(443,))
+        assert (target.host, target.port) == (host, 443 if port is None else int(port))
+    with pytest.raises(ValueError, match=r"^nameserver '\[::1': expected \[IPv6\]:PORT$"):
+        check_nameserver("[::1")  # once taken for "::1", port 53
+    with pytest.raises(TargetError, match="unclosed"):
+        list(parse_line("[::1", ports=(443,)))
+    with pytest.raises(ValueError, match=r"bad port '99999'"):
+        check_nameserver("192.0.2.7:99999")
+    with pytest.raises(TargetError, match=r"port 99999 out of range"):
+        list(parse_line("192.0.2.7:99999", ports=(443,)))
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0664\u0664\u0663", "", "-1", "+443", " 443"])
+def test_a_port_is_ascii_digits(text: str) -> None:
+    with pytest.raises(TargetError, match="invalid port"):
+        parse_port(text)
+
+
+def test_a_port_int_cannot_read_is_a_bad_line_not_a_crash() -> None:
+    # str.isdigit takes "²", int() does not: this line once raised ValueError out of
+    # parse_lines, which ended the whole scan.
+    (bad,) = parse_lines(["example.org:\u00b2"], ports=(443,))
+    assert isinstance(bad, BadLine) and "invalid port" in bad.reason
+    assert parse_port("443") == 443

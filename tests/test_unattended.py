@@ -42,6 +42,10 @@ from servers import (
 
 CERTSCAN = str(Path(sys.executable).parent / "certscan")
 
+# Slow as a whole (`pytest -m "not slow"` leaves it out): most cases run certscan in a
+# subprocess, and the slot-wait cases at the end wait out their deadlines.
+pytestmark = pytest.mark.slow
+
 
 def _records(data: bytes) -> list[dict[str, Any]]:
     assert not data or data.endswith(b"\n"), "the output ends in a torn line"

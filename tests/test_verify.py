@@ -72,8 +72,9 @@ def test_agrees_with_the_stdlib_client(
 
 
 def test_cn_only_is_a_hostname_mismatch(store_for: dict[str, TrustStore]) -> None:
-    # Names come from the SAN only (DESIGN). 3.11's default context would still fall back
-    # to the CN; the oracle is a default context with hostname_checks_common_name False.
+    # Names come from the SAN only (docs/architecture.md, "Verdicts"). 3.11's default
+    # context would still fall back to the CN; the oracle is a default context with
+    # hostname_checks_common_name False.
     verdict = verify_chain(SCENARIOS["cn-only"].chain, store_for["cn-only"],
                            server_name="cn-only.example.org")
     assert (verdict.trusted, verdict.reason, verdict.hostname_match) == (
@@ -196,10 +197,10 @@ def test_the_verdict_does_not_follow_the_interpreters_defaults(
 
 def test_at_replaces_the_clock(store_for: dict[str, TrustStore]) -> None:
     expired, early = SCENARIOS["expired-leaf"], SCENARIOS["not-yet-valid-leaf"]
-    past = pki.NOW - 10 * pki.DAY
+    past = pki.REAL_NOW - 10 * pki.DAY
     assert verify_chain(expired.chain, store_for[expired.id], server_name=expired.server_name,
                         at=past).trusted
-    later = (pki.NOW + 2 * pki.DAY).replace(tzinfo=None)  # naive means UTC
+    later = (pki.REAL_NOW + 2 * pki.DAY).replace(tzinfo=None)  # naive means UTC
     assert verify_chain(early.chain, store_for[early.id], server_name=early.server_name,
                         at=later).trusted
     valid = SCENARIOS["rsa-via-intermediate"]  # trustme: valid until the year 3000
