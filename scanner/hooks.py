@@ -440,7 +440,7 @@ def wrap_bio(context: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.Mem
     return context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
 
 
-def unverified_chain(tls: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+def unverified_chain(tls: Any) -> tuple[tuple[bytes, ...], tuple[NativeCertificate, ...]]:
     """The certificates as the server sent them, leaf first: (DER, the handshake's own
     certificate objects). The objects (private way) let a verdict lend their X509s instead
     of decoding the DER again; the public way (3.13's SSLObject.get_unverified_chain) gives

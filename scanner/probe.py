@@ -13,7 +13,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import hooks
 from .errors import ErrorType, Failed, Failure, Stage, classify
@@ -21,6 +21,9 @@ from .gate import HandshakeGate
 from .resolve import Resolver
 from .targets import Target
 from .values import Capture, Timings, TlsFacts
+
+if TYPE_CHECKING:
+    from .hooks import NativeCertificate
 
 
 @dataclass(slots=True)
@@ -35,7 +38,7 @@ class _Stopwatch:
         return Timings(self.resolve, self.connect, self.handshake, total)
 
 
-def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[Any, ...]]:
+def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[NativeCertificate, ...]]:
     """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects,
     each wrapping the X509 OpenSSL decoded during the handshake, which verify.py judges
     without decoding them again; empty where only DER can be had). `sslobj` is the TLS
@@ -108,7 +111,7 @@ class Prober:
         protocol: _HandshakeProtocol | None = None
         tls: TlsFacts | None = None
         chain: tuple[bytes, ...] = ()
-        decoded: tuple[Any, ...] = ()
+        decoded: tuple[NativeCertificate, ...] = ()
         failure: Failure | None = None
         cause: BaseException | None = None
         try:
