@@ -13,6 +13,7 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from . import __version__
 from .config import (
@@ -25,6 +26,7 @@ from .config import (
 )
 from .engine import GRACE
 from .hooks import UnsupportedPlatform
+from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
 from .runtime import raise_nofile_limit, reserve_standard_fds, run_with_loop
@@ -123,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="append to OUT, skipping targets it already has a record for")
     scan.add_argument("-q", "--quiet", action="store_true",
                       help="no progress or summary on stderr")
+    scan.add_argument("--fail-on", metavar="CONDITIONS",
+                      help="exit 3 when any of these holds for a record, naming the counts: "
+                           "expired, untrusted, expiring:14d, error (comma-separated)")
     return parser
 
 
@@ -213,6 +218,7 @@ class _Plan:
     store: TrustStore | None
     workers: list[Worker]
     out: Output
+    fail_on: FailOn | None
 
 
 async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
@@ -223,6 +229,7 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     share = share_of(config, len(workers) + 1)
     run = Router(items, await open_lanes(share, plan.store, workers), cap=share.concurrency * 2)
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
+    alarm = None if plan.fail_on is None else Alarm(plan.fail_on, now=datetime.now(UTC))
     received: list[int] = []
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -249,7 +256,9 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
             async for batch in batches:
                 await out.write(b"".join(line.data for line in batch))
                 for line in batch:
-                    progress.count(line.status, line.error_type)
+                    progress.count(line.gist)
+                    if alarm is not None:
+                        alarm.see_gist(line.gist)
         await out.drain()
     except asyncio.CancelledError:
         if not received:
@@ -274,6 +283,10 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     progress.finish()
     if received and code == EXIT_OK:
         code = 128 + received[0]
+    if code == EXIT_OK and alarm is not None and alarm.tripped:
+        for finding in alarm.lines():  # even with --quiet: it is why the status is 3
+            _say(f"--fail-on: {finding}")
+        code = EXIT_ALERT
     return code
 
 
@@ -288,6 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             store = TrustStore.load(config.ca_bundle) if config.ca_bundle else None
         except (ValueError, UnsupportedPlatform) as exc:  # a store that cannot be loaded
             raise UsageError(f"--ca-bundle: {exc}") from None
+        fail_on = _fail_on(args.fail_on, allowed=("expired", "untrusted", "expiring", "error"))
         out, done = _output(args, closed)
     except UsageError as exc:
         parser.exit(EXIT_USAGE, f"certscan: error: {exc}\n")
@@ -300,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     workers = fork_workers(args.workers - 1, share_of(config, args.workers), store,
                            close_in_child=out.fileno())
     try:
-        plan = _Plan(config, files, done, store, workers, out)
+        plan = _Plan(config, files, done, store, workers, out, fail_on)
         return run_with_loop(config.loop, _scan(args, plan))
     except KeyboardInterrupt:
         return 130
@@ -309,6 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("CERTSCAN_DEBUG"):
             traceback.print_exc()
         return EXIT_FATAL
+
+
+def _fail_on(text: str | None, *, allowed: tuple[str, ...]) -> FailOn | None:
+    if text is None:
+        return None
+    try:
+        return FailOn.parse(text, allowed=allowed)
+    except ValueError as exc:
+        raise UsageError(f"--fail-on: {exc}") from None
 
 
 def _reason(exc: OSError) -> str:

@@ -9,7 +9,10 @@ import time
 from collections import Counter
 from typing import TextIO
 
+from .wire import Gist
+
 _REFRESH = 0.5  # seconds between redraws of the live line
+SOON = 30 * 86400  # "expiring soon" in the summary: within 30 days of the scan's start
 
 
 class Progress:
@@ -24,12 +27,23 @@ class Progress:
         self.done = 0
         self.by_status: Counter[str] = Counter()
         self.by_error: Counter[str] = Counter()
+        self.by_verdict: Counter[str] = Counter()  # "trusted", or the reason it is not
+        self.expired = 0  # a certificate the server sent is past its not_after
+        self.expiring = 0  # ... or will be within SOON
+        self._soon = time.time() + SOON
 
-    def count(self, status: str, error_type: str | None) -> None:
+    def count(self, gist: Gist) -> None:
         self.done += 1
-        self.by_status[status] += 1
-        if error_type:
-            self.by_error[error_type] += 1
+        self.by_status[gist.status] += 1
+        if gist.error_type:
+            self.by_error[gist.error_type] += 1
+        if gist.trusted is not None:
+            self.by_verdict["trusted" if gist.trusted else gist.reason or "untrusted"] += 1
+        if gist.expires is not None and gist.expires <= self._soon:
+            if gist.expires <= self._soon - SOON:
+                self.expired += 1
+            else:
+                self.expiring += 1
         if self._live:
             now = time.monotonic()
             if now - self._drawn >= _REFRESH:
@@ -64,9 +78,17 @@ class Progress:
         elapsed = time.monotonic() - self._started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         errors = ", ".join(f"{k} {v}" for k, v in sorted(self.by_error.items())) or "none"
-        return (f"{self.done} records in {elapsed:.2f}s ({rate:,.1f} targets/s): "
+        text = (f"{self.done} records in {elapsed:.2f}s ({rate:,.1f} targets/s): "
                 f"ok {self.by_status['ok']}, error {self.by_status['error']} "
                 f"(by type: {errors})")
+        if self.by_verdict:
+            untrusted = {k: v for k, v in self.by_verdict.items() if k != "trusted"}
+            reasons = ", ".join(f"{k} {v}" for k, v in sorted(untrusted.items()))
+            text += (f"; verdicts: trusted {self.by_verdict['trusted']}, "
+                     f"untrusted {sum(untrusted.values())}"
+                     + (f" ({reasons})" if reasons else ""))
+        return (text + f"; certificates expired {self.expired}, "
+                f"expiring within 30 days {self.expiring}")
 
     def finish(self) -> None:
         self._write(("\r\x1b[2K" if self._live else "") + f"certscan: {self.summary()}\n")

@@ -3,8 +3,9 @@
     <tag> TAB <head> TAB <body> LF
 
 `tag` is the job's tag (decimal); `head` says what the body is: `target` for a job the
-parent sends a worker, else the record's status and error type (`ok`, `error:timeout`)
-for a record a worker sends back, so that the parent counts it without parsing it; `body`
+parent sends a worker, else the record's gist for a record a worker sends back
+(`status:error_type:trusted:reason:expires:expires_at`, `-` for none, e.g.
+`ok:-:1:-:1798761600:0`), so that the parent counts it without parsing it; `body`
 is JSON (a target's fields as an array, or the record as written to the output), which
 never holds a raw TAB or LF. Pure: bytes in, values out.
 """
@@ -12,6 +13,7 @@ never holds a raw TAB or LF. Pure: bytes in, values out.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 
@@ -23,17 +25,63 @@ _TARGET = b"target"
 
 
 @dataclass(frozen=True, slots=True)
+class Gist:
+    """What the parent needs to know of a record without parsing it: for the progress line
+    and summary, and for `--fail-on`."""
+
+    status: str
+    error_type: str | None = None
+    trusted: bool | None = None  # the verdict, when there is one
+    reason: str | None = None  # the verdict's reason when not trusted
+    expires: int | None = None  # the earliest not_after of the chain sent (Unix time)
+    expires_at: int | None = None  # which certificate that is: 0 the leaf, 1 the next, ...
+
+    @classmethod
+    def of(cls, record: Record) -> Gist:
+        failure, verdict = record.failure, record.validation
+        expires = expires_at = None
+        for position, entry in enumerate(record.chain):
+            when = _unix(entry.get("not_after"))
+            if when is not None and (expires is None or when < expires):
+                expires, expires_at = when, position
+        return cls(record.status, None if failure is None else failure.type,
+                   None if verdict is None else verdict.trusted,
+                   None if verdict is None else verdict.reason, expires, expires_at)
+
+    def head(self) -> bytes:
+        fields = (self.status, self.error_type,
+                  None if self.trusted is None else int(self.trusted), self.reason,
+                  self.expires, self.expires_at)
+        return ":".join("-" if value is None else str(value) for value in fields).encode()
+
+    @classmethod
+    def from_head(cls, head: bytes) -> Gist:
+        status, error_type, trusted, reason, expires, expires_at = (
+            None if field == "-" else field for field in head.decode().split(":"))
+        return cls(status or "error", error_type, None if trusted is None else trusted == "1",
+                   reason, None if expires is None else int(expires),
+                   None if expires_at is None else int(expires_at))
+
+
+def _unix(text: object) -> int | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Line:
-    """One encoded record, with what the progress display needs to know of it."""
+    """One encoded record, with its gist."""
 
     data: bytes  # the JSON line, newline included
-    status: str
-    error_type: str | None
+    gist: Gist
 
     @classmethod
     def of(cls, record: Record) -> Line:
-        failure = record.failure
-        return cls(encode(record), record.status, None if failure is None else failure.type)
+        return cls(encode(record), Gist.of(record))
 
 
 def target_frame(tag: int, target: Target) -> bytes:
@@ -51,12 +99,10 @@ def read_target(frame: bytes) -> tuple[int, Target]:
 
 
 def record_frame(tag: int, line: Line) -> bytes:
-    head = line.status if line.error_type is None else f"{line.status}:{line.error_type}"
-    return b"%d\t%s\t%s" % (tag, head.encode(), line.data)  # line.data ends in LF
+    return b"%d\t%s\t%s" % (tag, line.gist.head(), line.data)  # line.data ends in LF
 
 
 def read_record(frame: bytes) -> tuple[int, Line]:
     tag, head, body = frame.split(b"\t", 2)
-    status, _, error_type = head.decode().partition(":")
-    return int(tag), Line(body if body.endswith(b"\n") else body + b"\n", status,
-                          error_type or None)
+    return int(tag), Line(body if body.endswith(b"\n") else body + b"\n",
+                          Gist.from_head(head))

@@ -37,5 +37,5 @@ def test_a_record_crosses_with_what_the_parent_counts() -> None:
         tag, back = read_record(frame)
         assert (tag, back) == (9, line)
         assert record.failure is not None
-        assert (back.status, back.error_type) == ("error", record.failure.type)
+        assert (back.gist.status, back.gist.error_type) == ("error", record.failure.type)
         assert json.loads(back.data) == record.as_dict()

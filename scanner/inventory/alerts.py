@@ -17,8 +17,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from ..wire import Gist
 from .results import Record, earliest_expiry
 
 EXIT_ALERT = 3
@@ -81,24 +82,39 @@ class Alarm:
         self.which: Counter[str] = Counter()  # expired/expiring by certificate: leaf, chain[1]
 
     def see(self, record: Record) -> None:
+        """One record of a result file."""
+        validation = record.get("validation")
+        trusted = validation.get("trusted") if isinstance(validation, dict) else None
+        first = earliest_expiry(record)
+        self._observe(record.get("status") == "ok",
+                      trusted if isinstance(trusted, bool) else None,
+                      None if first is None else (first.not_after, first.position))
+
+    def see_gist(self, gist: Gist) -> None:
+        """One record of a scan as it is written (its gist: no parsing)."""
+        expiry = None
+        if gist.expires is not None and gist.expires_at is not None:
+            expiry = (datetime.fromtimestamp(gist.expires, UTC), gist.expires_at)
+        self._observe(gist.status == "ok", gist.trusted, expiry)
+
+    def _observe(self, ok: bool, trusted: bool | None,
+                 expiry: tuple[datetime, int] | None) -> None:
         on = self._on
-        if on.error and record.get("status") != "ok":
+        if on.error and not ok:
             self.counts["error"] += 1
-        if on.untrusted:
-            validation = record.get("validation")
-            if isinstance(validation, dict) and validation.get("trusted") is False:
-                self.counts["untrusted"] += 1
-        if on.expired or on.expiring is not None:
-            first = earliest_expiry(record)
-            if first is None:
-                return
-            if first.not_after <= self._now:
-                if on.expired:
-                    self.counts["expired"] += 1
-                    self.which[f"expired {first.which}"] += 1
-            elif on.expiring is not None and first.not_after <= self._now + on.expiring:
-                self.counts["expiring"] += 1
-                self.which[f"expiring {first.which}"] += 1
+        if on.untrusted and trusted is False:
+            self.counts["untrusted"] += 1
+        if expiry is None or not (on.expired or on.expiring is not None):
+            return
+        not_after, position = expiry
+        which = "leaf" if position == 0 else f"chain[{position}]"
+        if not_after <= self._now:
+            if on.expired:
+                self.counts["expired"] += 1
+                self.which[f"expired {which}"] += 1
+        elif on.expiring is not None and not_after <= self._now + on.expiring:
+            self.counts["expiring"] += 1
+            self.which[f"expiring {which}"] += 1
 
     def see_change(self, kind: str) -> None:
         if self._on.changed:
