@@ -1,4 +1,6 @@
-"""`certscan scan ...`: arguments -> ScanConfig, then run. No scan logic lives here."""
+"""The command line: `certscan scan ...` (arguments -> ScanConfig, then run) and the
+inventory tools on result files (`diff`, `report`, `metrics`: each in scanner/inventory/,
+which adds its own subcommand). No scan logic lives here."""
 
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from .config import (
 )
 from .engine import GRACE
 from .hooks import UnsupportedPlatform
+from .inventory import diff, metrics, report
 from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
@@ -128,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--fail-on", metavar="CONDITIONS",
                       help="exit 3 when any of these holds for a record, naming the counts: "
                            "expired, untrusted, expiring:14d, error (comma-separated)")
+    # The inventory tools, on result files: each module adds its own subcommand.
+    for tool in (diff, report, metrics):
+        tool.add_parser(commands)
+        commands.choices[tool.__name__.rsplit(".", 1)[1]].set_defaults(run=tool.run)
     return parser
 
 
@@ -294,6 +301,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     closed = reserve_standard_fds()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "scan":
+        try:
+            code: int = args.run(args)
+        except KeyboardInterrupt:
+            return 130
+        return code
     try:
         config = _config(args)
         files = _inputs(args, closed)
