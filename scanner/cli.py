@@ -306,6 +306,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             code: int = args.run(args)
         except KeyboardInterrupt:
             return 130
+        except Exception as exc:  # a bug: one line, as for a scan
+            _say(f"error: {type(exc).__name__}: {exc}")
+            if os.environ.get("CERTSCAN_DEBUG"):
+                traceback.print_exc()
+            return EXIT_FATAL
         return code
     try:
         config = _config(args)
