@@ -32,7 +32,7 @@ from .inventory import diff, metrics, report
 from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
-from .runtime import raise_nofile_limit, reserve_standard_fds, run_with_loop
+from .runtime import os_reason, raise_nofile_limit, reserve_standard_fds, run_with_loop, say
 from .sink import Output, OutputError, repair_and_index, skip_done
 from .targets import InputError, TargetError, parse_server_name, read_targets
 from .verify import TrustStore
@@ -187,7 +187,7 @@ def _inputs(args: argparse.Namespace, closed: frozenset[int]) -> list[str]:
         try:
             info = os.stat(path)
         except OSError as exc:
-            raise UsageError(f"target list {path!r}: {_reason(exc)}") from None
+            raise UsageError(f"target list {path!r}: {os_reason(exc)}") from None
         if stat.S_ISDIR(info.st_mode):
             raise UsageError(f"target list {path!r}: is a directory")
         if not os.access(path, os.R_OK):
@@ -212,7 +212,7 @@ def _output(args: argparse.Namespace,
     except OutputError as exc:
         raise UsageError(f"-o: {exc}") from None
     except OSError as exc:
-        raise UsageError(f"-o {args.output}: {_reason(exc)}") from None
+        raise UsageError(f"-o {args.output}: {os_reason(exc)}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +292,7 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
         code = 128 + received[0]
     if code == EXIT_OK and alarm is not None and alarm.tripped:
         for finding in alarm.lines():  # even with --quiet: it is why the status is 3
-            _say(f"--fail-on: {finding}")
+            say(f"--fail-on: {finding}")
         code = EXIT_ALERT
     return code
 
@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
         except Exception as exc:  # a bug: one line, as for a scan
-            _say(f"error: {type(exc).__name__}: {exc}")
+            say(f"error: {type(exc).__name__}: {exc}")
             if os.environ.get("CERTSCAN_DEBUG"):
                 traceback.print_exc()
             return EXIT_FATAL
@@ -325,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.exit(EXIT_USAGE, f"certscan: error: {exc}\n")
     limit_note = raise_nofile_limit(config.concurrency)
     if limit_note.clamped_to is not None:
-        _say(limit_note.message)
+        say(limit_note.message)
         config = config.with_concurrency(limit_note.clamped_to)
     # Workers are forked now, before this process has an event loop or a thread; this
     # process's own loop is the first of the N.
@@ -337,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug, or the platform failing us: one line, not a trace
-        _say(f"error: {type(exc).__name__}: {exc}")
+        say(f"error: {type(exc).__name__}: {exc}")
         if os.environ.get("CERTSCAN_DEBUG"):
             traceback.print_exc()
         return EXIT_FATAL
@@ -352,13 +352,3 @@ def _fail_on(text: str | None, *, allowed: tuple[str, ...]) -> FailOn | None:
         raise UsageError(f"--fail-on: {exc}") from None
 
 
-def _reason(exc: OSError) -> str:
-    """"no such file or directory": an OSError's words, to follow a colon."""
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
-def _say(message: str) -> None:
-    """One line on stderr (which may be /dev/null, if it was closed)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"certscan: {message}", file=sys.stderr, flush=True)

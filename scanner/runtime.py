@@ -4,8 +4,10 @@ descriptors that are really open."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
+import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -86,3 +88,16 @@ def reserve_standard_fds() -> frozenset[int]:
             os.dup2(got, fd)
             os.close(got)
     return frozenset(closed)
+
+
+def say(message: str) -> None:
+    """One line on stderr, "certscan: MESSAGE" (stderr may be /dev/null, if it was closed,
+    or fail: a message is never worth a crash)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(f"certscan: {message}", file=sys.stderr, flush=True)
+
+
+def os_reason(exc: OSError) -> str:
+    """"no such file or directory": an OSError's words, to follow a colon."""
+    text = exc.strerror or str(exc)
+    return text[:1].lower() + text[1:]

@@ -93,7 +93,6 @@ import json
 import os
 import signal
 import sqlite3
-import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -103,6 +102,7 @@ from typing import Any
 import orjson
 
 from ..record import encode_json
+from ..runtime import os_reason, say
 from .alerts import CONDITIONS, EXIT_ALERT, Alarm, FailOn
 from .results import (
     BadRecord,
@@ -463,14 +463,14 @@ def run(args: argparse.Namespace) -> int:
     """Run `certscan diff`: 0, EXIT_ALERT (3) when --fail-on trips, 1 when a file cannot be
     read or written (one line naming it), 2 for usage, 141 when the reader went away."""
     if args.old == "-" and args.new == "-":
-        _say("error: stdin (-) can be read only once")
+        say("error: stdin (-) can be read only once")
         return EXIT_USAGE
     fail_on: FailOn | None = args.fail_on
     alarm = Alarm(fail_on, now=datetime.now(UTC)) if fail_on is not None else None
     try:
         out = _open_output(args.output)
     except OSError as exc:
-        _say(f"error: -o {args.output}: {_reason(exc)}")
+        say(f"error: -o {args.output}: {os_reason(exc)}")
         return EXIT_USAGE
 
     def see(item: Record | BadRecord) -> None:
@@ -484,26 +484,26 @@ def run(args: argparse.Namespace) -> int:
             for side, count in enumerate(index.skipped):
                 if count:
                     path = args.new if side else args.old
-                    _say(f"diff: {path}: {count} record(s) of invalid target lines skipped "
+                    say(f"diff: {path}: {count} record(s) of invalid target lines skipped "
                          "(they name no endpoint)")
             for event in index.events():
                 if event.material and alarm is not None:
                     alarm.see_change(event.kind)
                 out.write(encode_json(event.as_dict()))
     except ResultFileError as exc:
-        _say(f"error: cannot read {exc}")
+        say(f"error: cannot read {exc}")
         return EXIT_FATAL
     except BrokenPipeError:
         return EXIT_BROKEN_PIPE  # the reader has had enough: normal, and quiet
     except OSError as exc:
-        _say(f"error: {'standard output' if args.output == '-' else args.output}: "
-             f"{_reason(exc)}")
+        say(f"error: {'standard output' if args.output == '-' else args.output}: "
+             f"{os_reason(exc)}")
         return EXIT_FATAL
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     if alarm is not None and alarm.tripped:
         for line in alarm.lines():
-            _say(f"fail-on: {line}")
+            say(f"fail-on: {line}")
         return EXIT_ALERT
     return EXIT_OK
 
@@ -585,12 +585,3 @@ def _text(value: object) -> str | None:
     return value if type(value) is str else None  # JSON gives no subclass of str
 
 
-def _reason(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
-def _say(message: str) -> None:
-    """One line on stderr (which may be /dev/null, if it was closed)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"certscan: {message}", file=sys.stderr, flush=True)

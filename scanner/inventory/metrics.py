@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import BinaryIO
 
+from ..runtime import os_reason, say
 from ..values import ErrorType
 from .results import BadRecord, Record, earliest_expiry, endpoint, parse_time, read_results
 
@@ -334,7 +335,7 @@ def run(args: argparse.Namespace) -> int:
         _check_input(source)
         out = _open_output(destination, source)
     except UsageError as exc:
-        _say(f"error: {exc}")
+        say(f"error: {exc}")
         return EXIT_USAGE
     try:
         snapshot = Snapshot()
@@ -345,11 +346,11 @@ def run(args: argparse.Namespace) -> int:
                 else:
                     snapshot.see(item)
         except OSError as exc:
-            _say(f"error: {_name(source)}: read failed: {_reason(exc)}")
+            say(f"error: {_name(source)}: read failed: {os_reason(exc)}")
             out.discard()
             return EXIT_FATAL
         if snapshot.first_invalid is not None:
-            _say(f"{_name(source)}: {snapshot.invalid} line(s) not records, counted in "
+            say(f"{_name(source)}: {snapshot.invalid} line(s) not records, counted in "
                  f"certscan_result_lines_invalid (first: {snapshot.first_invalid})")
         try:
             for chunk in snapshot.chunks():
@@ -362,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_BROKEN_PIPE
         except OSError as exc:
             out.discard()
-            _say(f"error: {out.name}: write failed: {_reason(exc)}")
+            say(f"error: {out.name}: write failed: {os_reason(exc)}")
             return EXIT_FATAL
     except BaseException:  # Ctrl-C, a bug: never leave FILE.tmp behind
         out.discard()
@@ -383,7 +384,7 @@ def _check_input(source: str) -> None:
     try:
         mode = os.stat(source).st_mode
     except OSError as exc:
-        raise UsageError(f"{source}: {_reason(exc)}") from None
+        raise UsageError(f"{source}: {os_reason(exc)}") from None
     if stat.S_ISDIR(mode):
         raise UsageError(f"{source}: is a directory")
     if not os.access(source, os.R_OK):
@@ -431,7 +432,7 @@ def _open_output(path: str | None, source: str) -> _Output:
     try:
         stream = open(path + ".tmp", "wb")  # noqa: SIM115 (closed by commit or discard)
     except OSError as exc:
-        raise UsageError(f"-o {path}: {_reason(exc)}") from None
+        raise UsageError(f"-o {path}: {os_reason(exc)}") from None
     return _Output(path, stream, path)
 
 
@@ -439,13 +440,3 @@ def _name(source: str) -> str:
     return "stdin" if source == "-" else source
 
 
-def _reason(exc: OSError) -> str:
-    """"no such file or directory": an OSError's words, to follow a colon."""
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
-def _say(message: str) -> None:
-    """One line on stderr (which may be /dev/null, if it was closed)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"certscan: {message}", file=sys.stderr, flush=True)

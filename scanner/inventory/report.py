@@ -59,6 +59,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..runtime import os_reason, say
 from .alerts import EXIT_ALERT, Alarm, FailOn, parse_span
 from .results import BadRecord, Endpoint, Record, earliest_expiry, endpoint, read_results
 
@@ -710,16 +711,6 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "(comma-separated)")
 
 
-def _say(message: str) -> None:
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"certscan: {message}", file=sys.stderr, flush=True)
-
-
-def _reason(exc: OSError) -> str:
-    text = exc.strerror or str(exc)
-    return text[:1].lower() + text[1:]
-
-
 def _usage(args: argparse.Namespace) -> str | None:
     """What is wrong with the outputs asked for, before anything is read; else None."""
     outputs = [(flag, path) for flag, path in (("--csv", args.csv), ("--html", args.html))
@@ -762,7 +753,7 @@ def run(args: argparse.Namespace) -> int:
     traceback); 2 for a usage error that argparse could not see; 141 when the reader of
     stdout went away."""
     if problem := _usage(args):
-        _say(f"error: {problem}")
+        say(f"error: {problem}")
         return EXIT_USAGE
     if isinstance(sys.stdout, io.TextIOWrapper):  # a terminal or pipe that is not UTF-8
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -777,7 +768,7 @@ def run(args: argparse.Namespace) -> int:
             os.close(devnull)
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # a bug: one line, not a trace
-        _say(f"error: {type(exc).__name__}: {exc} (a bug in certscan report)")
+        say(f"error: {type(exc).__name__}: {exc} (a bug in certscan report)")
         if os.environ.get("CERTSCAN_DEBUG"):
             traceback.print_exc()
         return EXIT_FATAL
@@ -787,7 +778,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         inventory = load(args.results)
     except OSError as exc:
-        _say(f"error: result file {args.results!r}: {_reason(exc)}")
+        say(f"error: result file {args.results!r}: {os_reason(exc)}")
         return EXIT_FATAL
     now = datetime.now(UTC)
     within: timedelta | None = args.expiring_within
@@ -807,7 +798,7 @@ def _report(args: argparse.Namespace) -> int:
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):
                 raise
-            _say(f"error: {flag} {path!r}: {_reason(exc)}")
+            say(f"error: {flag} {path!r}: {os_reason(exc)}")
             return EXIT_FATAL
     if not args.quiet and "-" not in outputs.values():
         tty = sys.stdout.isatty()
@@ -827,7 +818,7 @@ def _report(args: argparse.Namespace) -> int:
     if not alarm.tripped:
         return EXIT_OK
     for finding in alarm.lines():
-        _say(f"--fail-on: {finding}")
+        say(f"--fail-on: {finding}")
     return EXIT_ALERT
 
 
