@@ -379,16 +379,23 @@ class Handshake:
     verify_message: str
 
 
+def serving(chain: Sequence[bytes], key: bytes, tmp: str | Path, *, name: str = "server",
+            weak: bool = False) -> ssl.SSLContext:
+    """A server context that sends `chain` (DER, leaf first) exactly as listed, with `key`
+    (PEM); files go to `tmp` under `name`. weak: SECLEVEL=0, so that it can even load and
+    serve RSA-1024 or SHA-1 certificates."""
+    chain_path, key_path = Path(tmp, f"{name}-chain.pem"), Path(tmp, f"{name}-key.pem")
+    chain_path.write_bytes(b"".join(pem(der) for der in chain))
+    key_path.write_bytes(key)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    if weak:
+        ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.load_cert_chain(chain_path, key_path)
+    return ctx
+
+
 def _server_context(scenario: Scenario, tmp: str) -> ssl.SSLContext:
-    """A SECLEVEL=0 server (so it can even load RSA-1024 or SHA-1 certificates) that sends
-    the scenario's chain exactly as listed."""
-    chain_path, key_path = Path(tmp, "chain.pem"), Path(tmp, "key.pem")
-    chain_path.write_bytes(b"".join(pem(der) for der in scenario.chain))
-    key_path.write_bytes(scenario.key_pem)
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.set_ciphers("ALL:@SECLEVEL=0")  # load and serve weak certificates too
-    server_ctx.load_cert_chain(chain_path, key_path)
-    return server_ctx
+    return serving(scenario.chain, scenario.key_pem, tmp, weak=True)
 
 
 def _handshake(client_ctx: ssl.SSLContext, server_ctx: ssl.SSLContext, scenario: Scenario

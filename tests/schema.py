@@ -11,8 +11,10 @@ import jsonschema
 
 
 @functools.cache
-def validator() -> jsonschema.protocols.Validator:
-    text = resources.files("scanner").joinpath("record.schema.json").read_text("utf-8")
+def validator(package: str = "scanner",
+              name: str = "record.schema.json") -> jsonschema.protocols.Validator:
+    """The checked validator of a JSON Schema that ships in a package."""
+    text = resources.files(package).joinpath(name).read_text("utf-8")
     schema = json.loads(text)
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)

@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import functools
 import io
 import json
 import os
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 import scanner
+import schema
 from scanner import cli
 from scanner.inventory import diff
 from scanner.inventory.alerts import EXIT_ALERT
@@ -153,13 +153,8 @@ def at(record: Record, host: str = "192.0.2.1", port: int = 443, *,
 # Running the command -------------------------------------------------------------------
 
 
-@functools.cache
 def event_validator() -> jsonschema.protocols.Validator:
-    text = resources.files("scanner.inventory").joinpath("diff.schema.json").read_text("utf-8")
-    schema = json.loads(text)
-    cls = jsonschema.validators.validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)  # type: ignore[no-any-return]
+    return schema.validator("scanner.inventory", "diff.schema.json")
 
 
 def parse_events(data: bytes) -> list[Record]:

@@ -59,12 +59,8 @@ class Fleet:
 
 
 def _context(chain: list[pki.Issued], tmp: Path) -> ssl.SSLContext:
-    cert, key = tmp / f"{id(chain)}-chain.pem", tmp / f"{id(chain)}-key.pem"
-    cert.write_bytes(b"".join(pki.pem(c.der) for c in chain))
-    key.write_bytes(pki.key_pem(chain[0].key))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    return ctx
+    return pki.serving([c.der for c in chain], pki.key_pem(chain[0].key), tmp,
+                       name=str(id(chain)))
 
 
 async def _scan_fleet(tmp: Path) -> Fleet:

@@ -58,12 +58,7 @@ class Fleet:
 
 
 def _pem_context(tmp: Path, name: str, chain: list[pki.Issued]) -> ssl.SSLContext:
-    certfile, keyfile = tmp / f"{name}.pem", tmp / f"{name}.key"
-    certfile.write_bytes(b"".join(pki.pem(c.der) for c in chain))
-    keyfile.write_bytes(pki.key_pem(chain[0].key))
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(certfile, keyfile)
-    return ctx
+    return pki.serving([c.der for c in chain], pki.key_pem(chain[0].key), tmp, name=name)
 
 
 def _servers(ca: trustme.CA, bundle: Path, tmp: Path) -> dict[str, ssl.SSLContext]:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import trustme
 
+import pki
 import scanner
 from pki import STRICT, Scenario, client_context, pem, scenarios
 from scanner.record import error_record
@@ -25,13 +26,7 @@ _BY_ID = {s.id: s for s in scenarios()}
 
 
 def _server_context(scenario: Scenario, tmp: Path) -> ssl.SSLContext:
-    chain, key = tmp / "chain.pem", tmp / "key.pem"
-    chain.write_bytes(b"".join(pem(der) for der in scenario.chain))
-    key.write_bytes(scenario.key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.set_ciphers("ALL:@SECLEVEL=0")  # serve RSA-1024 and SHA-1 certificates too
-    ctx.load_cert_chain(chain, key)
-    return ctx
+    return pki.serving(scenario.chain, scenario.key_pem, tmp, weak=True)
 
 
 async def _stdlib_client(host: str, port: int, roots: Path, name: str,
