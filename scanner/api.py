@@ -19,28 +19,35 @@ from .config import ConfigError, ScanConfig, ScanOptions
 from .engine import Job, Scan
 from .gate import HandshakeGate
 from .probe import Prober
-from .resolve import ThreadResolver
-from .targets import Target, TargetError, parse_lines, parse_server_name
+from .resolve import ThreadResolver, every_address, make_resolver
+from .targets import BadLine, Target, TargetError, parse_lines, parse_server_name
 from .tls import capture_context
 from .values import ErrorType, Failure, Stage
 from .verify import TrustStore, to_ssl_error, verify_chain
 
 
-async def _jobs(
+async def _items(
     targets: Iterable[str] | AsyncIterable[str], config: ScanConfig
-) -> AsyncIterator[Job]:
-    """The lines' targets (and bad lines), tagged in input order."""
-    tags = itertools.count()
+) -> AsyncIterator[Target | BadLine]:
+    """The lines' targets (and bad lines), in input order."""
     if isinstance(targets, AsyncIterable):
         number = 0
         async for line in targets:
             number += 1
             for item in parse_lines([line], ports=config.ports, sni=config.sni,
-                                    source="api", first_line=number):
-                yield Job(next(tags), item)
+                                    source="api", first_line=number,
+                                    starttls=config.starttls):
+                yield item
     else:
-        for item in parse_lines(targets, ports=config.ports, sni=config.sni, source="api"):
-            yield Job(next(tags), item)
+        for item in parse_lines(targets, ports=config.ports, sni=config.sni, source="api",
+                                starttls=config.starttls):
+            yield item
+
+
+async def _jobs(items: AsyncIterable[Target | BadLine]) -> AsyncIterator[Job]:
+    tags = itertools.count()
+    async for item in items:
+        yield Job(next(tags), item)
 
 
 async def scan(
@@ -68,14 +75,21 @@ async def scan(
             store = TrustStore.load(config.ca_bundle)
         except ValueError as exc:
             raise ConfigError(f"ca_bundle: {exc}") from exc
+    resolver = None
+    items = _items(targets, config)
+    if config.all_addresses:
+        resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
+        items = every_address(items, resolver, seconds=config.timeout)
     try:
-        engine = Scan(_jobs(targets, config), config, store=store)
+        engine = Scan(_jobs(items), config, store=store)
         async with contextlib.aclosing(engine.results()) as results:
             async for _, record in results:
                 yield record.as_dict()
     finally:
         if store is not None:
             store.close()
+        if resolver is not None:
+            resolver.close()
 
 
 @functools.cache

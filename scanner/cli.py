@@ -32,6 +32,7 @@ from .inventory import diff, metrics, report
 from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
+from .resolve import every_address, make_resolver
 from .runtime import os_reason, raise_nofile_limit, reserve_standard_fds, run_with_loop, say
 from .sink import Output, OutputError, repair_and_index, skip_done
 from .targets import InputError, TargetError, parse_server_name, read_targets
@@ -85,9 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a target on the command line (repeatable)")
     scan.add_argument("-o", "--output", default="-", metavar="OUT",
                       help="where records go (default: - for stdout)")
-    scan.add_argument("-p", "--ports", type=_ports, default=(443,), metavar="PORTS",
+    scan.add_argument("-p", "--ports", type=_ports, metavar="PORTS",
                       help="ports for targets that name none: 443,8443 or 8000-8010 "
-                           "(default 443)")
+                           "(default 443; with --starttls, that protocol's port)")
+    scan.add_argument("--starttls", metavar="PROTO",
+                      help="upgrade lines without a scheme with STARTTLS: smtp, imap, pop3, "
+                           "ftp, ldap, postgres, mysql or xmpp (a line's own scheme, "
+                           "smtp://host, wins)")
+    scan.add_argument("--all-addresses", action="store_true",
+                      help="one record per address a host name resolves to (A and AAAA), "
+                           "instead of the first address that connects")
     scan.add_argument("--sni", metavar="NAME",
                       help="server name for targets that name none (default: the host name; "
                            "none for IP addresses)")
@@ -161,6 +169,8 @@ def _config(args: argparse.Namespace) -> ScanConfig:
             handshakes=args.handshakes,
             loop=args.loop,
             verify_policy=args.verify_policy,
+            starttls=args.starttls,
+            all_addresses=args.all_addresses,
         )
     except ConfigError as exc:
         flag = "--" + str(exc).split(":", 1)[0].replace("_", "-")
@@ -207,7 +217,8 @@ def _output(args: argparse.Namespace,
         raise UsageError("-o -: standard output is closed; give -o FILE")
     try:
         # Before the output is opened for appending: a torn last line is cut first.
-        done = repair_and_index(args.output) if args.resume else None
+        done = (repair_and_index(args.output, by_address=args.all_addresses)
+                if args.resume else None)
         return Output(args.output, append=args.resume), done
     except OutputError as exc:
         raise UsageError(f"-o: {exc}") from None
@@ -230,9 +241,14 @@ class _Plan:
 
 async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     config, workers, out = plan.config, plan.workers, plan.out
-    items = read_targets(plan.files, args.target, ports=config.ports, sni=config.sni)
+    items = read_targets(plan.files, args.target, ports=config.ports, sni=config.sni,
+                         starttls=config.starttls)
+    resolver = None
+    if config.all_addresses:
+        resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
+        items = every_address(items, resolver, seconds=config.timeout)
     if plan.done:
-        items = skip_done(items, plan.done)
+        items = skip_done(items, plan.done, by_address=config.all_addresses)
     share = share_of(config, len(workers) + 1)
     run = Router(items, await open_lanes(share, plan.store, workers), cap=share.concurrency * 2)
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
@@ -287,6 +303,8 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
         out.close()
+        if resolver is not None:
+            resolver.close()
     progress.finish()
     if received and code == EXIT_OK:
         code = 128 + received[0]

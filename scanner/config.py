@@ -11,7 +11,8 @@ from typing import Literal, SupportsIndex, TypedDict
 
 from .gate import HandshakeGate
 from .resolve import check_nameserver
-from .targets import TargetError, parse_server_name
+from .starttls import DANCES
+from .targets import TargetError, parse_server_name, starttls_protocol
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
 ResolverName = Literal["thread", "aiodns"]
@@ -133,7 +134,7 @@ class ScanOptions(TypedDict, total=False):
     """The keywords of the library's `scan()`: ScanConfig's fields, in every form its
     checks accept (ports as 8443, "443,8000-8010" or a list; alpn as "h2,http/1.1")."""
 
-    ports: int | str | Iterable[int]
+    ports: int | str | Iterable[int] | None
     sni: str | None
     concurrency: int
     timeout: float
@@ -147,6 +148,8 @@ class ScanOptions(TypedDict, total=False):
     handshakes: int | None
     loop: LoopName
     verify_policy: VerifyPolicyName
+    starttls: str | None
+    all_addresses: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +162,8 @@ class ScanConfig:
     to the one each field holds; sni is normalised as on the command line.
 
     ports:        ports for targets that name none: a port, the command line's string
-                  ("443,8443", "8000-8010") or an iterable of ports; stored as a tuple
+                  ("443,8443", "8000-8010") or an iterable of ports; stored as a tuple.
+                  None (the default): 443, or with `starttls` that protocol's usual port
     sni:          server name for targets that name none (None: the hostname, or no SNI for IPs)
     concurrency:  targets in flight at once
     timeout:      the deadline of one attempt, in seconds (an int or a float, stored as a
@@ -186,9 +190,14 @@ class ScanConfig:
                   not on the target's clock.
     verify_policy: the pinned verification parameters of verdicts (verify.POLICIES):
                   "default" (Python 3.11/3.12's default context) or "strict" (3.13's)
+    starttls:     the STARTTLS protocol for lines without a scheme (starttls.DANCES: smtp,
+                  imap, pop3, ftp, ldap, postgres or postgresql, mysql, xmpp); None: TLS
+                  from the first byte
+    all_addresses: a host name gives one target per address it resolves to (A and AAAA),
+                  not one target tried on its addresses in turn
     """
 
-    ports: tuple[int, ...] = DEFAULT_PORTS
+    ports: tuple[int, ...] = None  # type: ignore[assignment]  # None: normalised (above)
     sni: str | None = None
     concurrency: int = DEFAULT_CONCURRENCY
     timeout: float = DEFAULT_TIMEOUT
@@ -202,6 +211,8 @@ class ScanConfig:
     handshakes: int | None = None
     loop: LoopName = "auto"
     verify_policy: VerifyPolicyName = "default"
+    starttls: str | None = None
+    all_addresses: bool = False
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -234,7 +245,19 @@ class ScanConfig:
         def store(field: str, value: object) -> None:
             object.__setattr__(self, field, value)
 
+        if self.starttls is not None:
+            if not isinstance(self.starttls, str):
+                raise ConfigError(f"starttls: expected a protocol name, got {self.starttls!r}")
+            try:
+                store("starttls", starttls_protocol(self.starttls))
+            except TargetError as exc:
+                raise ConfigError(f"starttls: {exc}") from None
+        if self.ports is None:
+            store("ports", DEFAULT_PORTS if self.starttls is None
+                  else (DANCES[self.starttls].default_port,))
         store("ports", _ports(self.ports))
+        if not isinstance(self.all_addresses, bool):
+            raise ConfigError(f"all_addresses: expected True or False, got {self.all_addresses!r}")
         store("alpn", _alpn(self.alpn))
         for field in ("concurrency", "retries", "resolver_threads"):
             _whole(field, getattr(self, field))

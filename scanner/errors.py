@@ -13,6 +13,7 @@ import socket
 import ssl
 import traceback
 
+from .starttls import UpgradeError
 from .values import ErrorType, Failure, Stage
 
 __all__ = ["ErrorType", "Failed", "Failure", "Stage", "classify", "classify_tls", "internal"]
@@ -99,6 +100,8 @@ def classify(exc: BaseException, stage: Stage) -> Failure:
     """
     if isinstance(exc, Failed):
         return exc.failure
+    if isinstance(exc, UpgradeError):  # the server would not upgrade, in its own words
+        return Failure(ErrorType.STARTTLS, Stage.STARTTLS, str(exc))
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):
         return Failure(ErrorType.TIMEOUT, stage, f"no answer within the deadline ({stage})")
     if isinstance(exc, socket.gaierror):

@@ -1,4 +1,4 @@
-"""One target, one TLS handshake: resolve, connect, handshake, capture the chain as sent.
+"""One target, one TLS handshake: resolve, connect, (STARTTLS,) handshake, capture the chain.
 
 The only module that opens connections. A probe never raises to its caller (except
 cancellation, and a stopped scan's `Stopped` from its --rate wait): every failure comes
@@ -9,6 +9,7 @@ back as a plain Failure inside the Capture, translated from the exception once, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -19,6 +20,7 @@ from . import hooks
 from .errors import ErrorType, Failed, Failure, Stage, classify
 from .gate import HandshakeGate
 from .resolve import Resolver
+from .starttls import Dance, UpgradeError, dance_for
 from .targets import Target
 from .values import Capture, Timings, TlsFacts
 
@@ -32,10 +34,11 @@ class _Stopwatch:
 
     resolve: float | None = None
     connect: float | None = None
+    starttls: float | None = None
     handshake: float | None = None
 
     def freeze(self, total: float) -> Timings:
-        return Timings(self.resolve, self.connect, self.handshake, total)
+        return Timings(self.resolve, self.connect, self.handshake, total, self.starttls)
 
 
 def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[NativeCertificate, ...]]:
@@ -116,28 +119,33 @@ class Prober:
         cause: BaseException | None = None
         try:
             async with asyncio.timeout(attempt_bound(self._timeout)):
+                addresses = [ip] if ip is not None else []
                 if ip is None:
                     t0 = time.perf_counter()
                     async with asyncio.timeout(clock.remaining()):
-                        ip = (await self._resolver.resolve(target.host))[0]
+                        addresses = await self._resolver.resolve(target.host)
                     timings.resolve = _ms(t0, clock)
+                    ip = addresses[0]
 
                 stage = Stage.CONNECT
-                # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-                loop = asyncio.get_running_loop()
-                protocol = _HandshakeProtocol(self._context, target.sni or ip, loop)
                 t0 = time.perf_counter()
-                async with asyncio.timeout(clock.remaining()):
-                    # An IP literal is not looked up (asyncio and uvloop both parse it); the
-                    # ClientHello goes out from connection_made, before this returns.
-                    await loop.create_connection(lambda: protocol, ip, target.port)
+                protocol, ip = await self._connect(target, addresses, clock)
                 timings.connect = _ms(t0, clock, protocol.connected_at)
 
+                if target.starttls is not None:
+                    stage = Stage.STARTTLS
+                    t0 = protocol.connected_at
+                    # The server's greeting and replies come on the target's own clock, as
+                    # the handshake's bytes do: a tarpit cannot hold a probe past it.
+                    await protocol.wait_upgraded(clock.remaining()
+                                                 - (time.perf_counter() - t0))
+                    timings.starttls = _ms(t0, clock, protocol.hello_at)
+
                 stage = Stage.HANDSHAKE
-                t0 = protocol.connected_at
+                t0 = protocol.hello_at
                 # Waiting for the server's first bytes costs us nothing but a socket: a silent
                 # server holds no slot. The protocol keeps the deadline (cheaper than a timeout
-                # context per step). The server has had our ClientHello since connected_at: a
+                # context per step). The server has had our ClientHello since hello_at: a
                 # busy loop that resumes us late does not give it more time.
                 await protocol.wait_answer(clock.remaining() - (time.perf_counter() - t0))
                 waited = _ms(t0, clock)
@@ -160,6 +168,8 @@ class Prober:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if isinstance(exc, _Unanswered):
+                ip = exc.address
             failure = classify(exc, stage)
             cause = None if isinstance(exc, Failed) else exc
         finally:
@@ -167,6 +177,42 @@ class Prober:
                 protocol.close()
         total = round((time.perf_counter() - started) * 1000, 3)
         return Capture(ip, tls, chain, timings.freeze(total), failure, decoded, cause)
+
+    async def _connect(self, target: Target, addresses: list[str],
+                       clock: Clock) -> tuple[_HandshakeProtocol, str]:
+        """Connect to the first of `addresses` that answers, trying them in order as
+        `socket.create_connection` does, all within the target's deadline: each address
+        gets an equal share of what is left of it, so one that swallows SYNs cannot starve
+        the next. Raises the last address's error when none answers (naming every address
+        tried when there were several)."""
+        loop = asyncio.get_running_loop()
+        started = time.perf_counter()
+        budget = clock.remaining()
+        failures: list[tuple[str, BaseException]] = []
+        for n, address in enumerate(addresses):
+            dance = (None if target.starttls is None
+                     else dance_for(target.starttls, target.sni or target.host))
+            # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
+            protocol = _HandshakeProtocol(self._context, target.sni or address, loop, dance)
+            left = budget - (time.perf_counter() - started)
+            try:
+                async with asyncio.timeout(max(left, 0.0) / (len(addresses) - n)):
+                    # An IP literal is not looked up (asyncio and uvloop both parse it); the
+                    # first bytes (ClientHello, or the dance's) go out from connection_made.
+                    await loop.create_connection(functools.partial(_same, protocol), address,
+                                                 target.port)
+            except (OSError, TimeoutError) as exc:
+                protocol.close()
+                failures.append((address, exc))
+                continue
+            return protocol, address
+        if len(failures) == 1:
+            raise failures[0][1]
+        last = classify(failures[-1][1], Stage.CONNECT)
+        tried = "; ".join(f"{address}: {classify(exc, Stage.CONNECT).message}"
+                          for address, exc in failures)
+        raise _Unanswered(failures[-1][0], Failure(last.type, Stage.CONNECT,
+                                                   f"no address answered ({tried})"))
 
     async def _take_slot(self) -> None:
         try:
@@ -178,6 +224,14 @@ class Prober:
                 f"the server answered, but no handshake slot came free within "
                 f"{self._timeout:g}s: this scanner is overloaded (lower --concurrency, "
                 f"or --handshakes)")) from None
+
+
+class _Unanswered(Failed):
+    """None of a name's addresses answered: the last one tried, and why each did not."""
+
+    def __init__(self, address: str, failure: Failure) -> None:
+        super().__init__(failure)
+        self.address = address
 
 
 # What a probe buffers of a server's answer while it waits for a handshake slot. An alert,
@@ -205,10 +259,17 @@ class _HandshakeProtocol(asyncio.Protocol):
     (up to _BUFFER_WHILE_WAITING, then reading pauses), and so is a FIN or a reset that
     follows it, so that an alert or an HTTP page answered-then-closed is read as what it
     said once the slot comes, not as a bare close.
+
+    With a STARTTLS `dance`, the plaintext protocol comes first: the dance's bytes go out
+    on connection, the server's are handed to it as they arrive, and the ClientHello goes
+    out the moment it says the server gave the go-ahead (`wait_upgraded` returns then).
+    Whatever the dance refuses (starttls.UpgradeError), a close, a reset or the deadline
+    ends that wait as the handshake's would end.
     """
 
     def __init__(
-        self, context: ssl.SSLContext, server_hostname: str, loop: asyncio.AbstractEventLoop
+        self, context: ssl.SSLContext, server_hostname: str, loop: asyncio.AbstractEventLoop,
+        dance: Dance | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -219,6 +280,8 @@ class _HandshakeProtocol(asyncio.Protocol):
             context, self._incoming, self._outgoing, server_hostname
         )
         self._loop = loop
+        self._dance = dance
+        self._upgraded: asyncio.Future[None] = self._loop.create_future()
         self._answered: asyncio.Future[None] = self._loop.create_future()
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._admitted = False
@@ -227,12 +290,39 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.connected_at = 0.0
+        self.hello_at = 0.0  # when the ClientHello went out
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.connected_at = time.perf_counter()
         # uvloop's TCPTransport implements asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        if self._dance is None:
+            self._hello()
+        else:
+            self._dancing(self._dance.start)
+
+    def _hello(self) -> None:
+        self.hello_at = time.perf_counter()
+        if not self._upgraded.done():
+            self._upgraded.set_result(None)
         self._handshake()  # sends the ClientHello
+
+    def _dancing(self, step: Callable[[], bytes]) -> None:
+        """One step of the STARTTLS dance: send what it answers; on the go-ahead, hello."""
+        assert self._dance is not None and self._transport is not None
+        try:
+            reply = step()
+        except Exception as exc:  # UpgradeError: the server's doing; anything else: a bug
+            self._fail(exc)
+            self._transport.abort()
+            return
+        if reply:
+            self._transport.write(reply)
+        if self._dance.upgraded:
+            self._hello()
+
+    async def wait_upgraded(self, seconds: float) -> None:
+        await self._within(self._upgraded, seconds)
 
     async def wait_answer(self, seconds: float) -> None:
         await self._within(self._answered, seconds)
@@ -265,6 +355,11 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        dance = self._dance
+        if dance is not None and not dance.upgraded:
+            if not self._upgraded.done():  # else it failed already: the rest is noise
+                self._dancing(lambda: dance.receive(data))
+            return
         self._incoming.write(data)
         if self._admitted:
             self._handshake()
@@ -275,6 +370,11 @@ class _HandshakeProtocol(asyncio.Protocol):
             self._paused = True
 
     def eof_received(self) -> None:
+        dance = self._dance
+        if dance is not None and not dance.upgraded:
+            if not self._upgraded.done():
+                self._dancing(_eof_step(dance))
+            return
         # A FIN: what came before it (an alert, an HTTP error page) is in the BIO, then
         # the EOF; the handshake reads both, now or once admitted, and says what it was.
         self._incoming.write_eof()
@@ -318,6 +418,9 @@ class _HandshakeProtocol(asyncio.Protocol):
         self._done.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
+        if not self._upgraded.done():
+            self._upgraded.set_exception(exc)
+            self._upgraded.exception()
         if not self._done.done():
             self._done.set_exception(exc)
             self._done.exception()  # marked retrieved: nobody may be waiting any more
@@ -329,6 +432,18 @@ class _HandshakeProtocol(asyncio.Protocol):
         data = self._outgoing.read()
         if data and self._transport is not None:
             self._transport.write(data)
+
+
+def _same(protocol: _HandshakeProtocol) -> _HandshakeProtocol:
+    return protocol
+
+
+def _eof_step(dance: Dance) -> Callable[[], bytes]:
+    def step() -> bytes:
+        dance.receive_eof()  # always raises: the server hung up before its go-ahead
+        raise UpgradeError(f"{dance.protocol}: the server closed the connection")
+
+    return step
 
 
 def attempt_bound(timeout: float) -> float:

@@ -59,7 +59,7 @@ def bad_line_record(bad: BadLine, *, now: datetime) -> Record:
 def error_record(target: Target, failure: Failure, *, now: datetime) -> Record:
     """A record for a target whose probe never produced a capture (a crash, a lost lane)."""
     return Record(timestamp(now), target.text, target.host, target.port, ip=target.ip,
-                  sni=sent_sni(target.sni), failure=failure)
+                  sni=sent_sni(target.sni), failure=failure, starttls=target.starttls)
 
 
 def capture_record(
@@ -75,6 +75,7 @@ def capture_record(
         # What went out, not what was asked for: an IP literal as the server name sends
         # none. The name the verdict checked is validation.server_name.
         sni=sent_sni(target.sni),
+        starttls=target.starttls,
         failure=failure or capture.failure,
         tls=capture.tls,
         timings=capture.timings,

@@ -10,16 +10,18 @@ variants) shares one lookup.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
 import ipaddress
 import queue
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from .targets import TargetError, parse_port, split_host_port
+from .targets import BadLine, Target, TargetError, parse_port, split_host_port
 
 if TYPE_CHECKING:
     import aiodns
@@ -313,3 +315,54 @@ def make_resolver(kind: str, threads: int, nameservers: Sequence[str] = ()) -> R
     if kind == "aiodns":
         return AiodnsResolver(list(nameservers) or None)
     return ThreadResolver(threads)
+
+
+# Lookups --all-addresses runs ahead of the scan, at most.
+_LOOKAHEAD = 256
+
+
+async def every_address(
+    items: AsyncIterable[Target | BadLine], resolver: Resolver, *, seconds: float
+) -> AsyncIterator[Target | BadLine]:
+    """--all-addresses: each target that names a host becomes one target per address the
+    host resolves to (A and AAAA, `ip` set, the name kept as host and server name), in
+    input order. Lookups run ahead of the scan, up to _LOOKAHEAD at once. A name that does
+    not resolve within `seconds` stays one target: its probe asks again and its record
+    says why (dns, or a timeout at resolve). IP literals and bad lines pass as they are.
+    """
+    ahead: collections.deque[tuple[Target | BadLine, asyncio.Task[list[str]] | None]] = (
+        collections.deque())
+
+    async def lookup(host: str) -> list[str]:
+        async with asyncio.timeout(seconds):
+            return await resolver.resolve(host)
+
+    async def next_ready() -> list[Target | BadLine]:
+        """The first item's targets, once its lookup (if any) is over."""
+        item, task = ahead.popleft()
+        if task is None:
+            return [item]
+        await asyncio.wait([task])
+        if task.cancelled() or task.exception() is not None:
+            return [item]
+        assert isinstance(item, Target)
+        return [dataclasses.replace(item, ip=address) for address in task.result()]
+
+    try:
+        async for item in items:
+            task = None
+            if isinstance(item, Target) and item.ip is None:
+                task = asyncio.create_task(lookup(item.host))
+            ahead.append((item, task))
+            # Hand on, in order, whatever is ready; wait only when too far ahead.
+            while ahead and (len(ahead) > _LOOKAHEAD or ahead[0][1] is None
+                             or ahead[0][1].done()):
+                for each in await next_ready():
+                    yield each
+        while ahead:
+            for each in await next_ready():
+                yield each
+    finally:
+        for _, pending in ahead:
+            if pending is not None:
+                pending.cancel()

@@ -21,19 +21,24 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
+from .record import sent_sni
 from .targets import BadLine, Target
 
 
-def record_key(target: str, host: str | None, port: int | None) -> int:
-    """What identifies a record's target across runs, in 8 bytes (a million fit in ~100 MB)."""
-    text = json.dumps([target, host, port], ensure_ascii=True)
+def record_key(target: str, host: str | None, port: int | None, sni: str | None = None,
+               ip: str | None = None) -> int:
+    """What identifies a record's target across runs, in 8 bytes (a million fit in ~100 MB):
+    its line, host and port, the SNI it sent (one line may name several servers) and, under
+    --all-addresses only, the address (one name gives a record per address)."""
+    text = json.dumps([target, host, port, sni, ip], ensure_ascii=True)
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def item_key(item: Target | BadLine) -> int:
+def item_key(item: Target | BadLine, *, by_address: bool = False) -> int:
     if isinstance(item, BadLine):
         return record_key(item.text, None, None)
-    return record_key(item.text, item.host, item.port)
+    return record_key(item.text, item.host, item.port, sent_sni(item.sni),
+                      item.ip if by_address else None)
 
 
 class OutputError(Exception):
@@ -259,7 +264,7 @@ def _is_fifo(path: str) -> bool:
         return False
 
 
-def repair_and_index(path: str) -> Counter[int]:
+def repair_and_index(path: str, *, by_address: bool = False) -> Counter[int]:
     """For `--resume`: cut a torn last line (a crash mid-write), then count the targets done.
 
     Returns how many records each target key already has. A line that is not a JSON record
@@ -278,7 +283,7 @@ def repair_and_index(path: str) -> Counter[int]:
                 _truncate_to_last_newline(stream, size)
         stream.seek(0)
         for raw in stream:
-            key = _line_key(raw)
+            key = _line_key(raw, by_address)
             if key is not None:
                 done[key] += 1
     return done
@@ -299,21 +304,22 @@ def _truncate_to_last_newline(stream: Any, size: int) -> None:
     stream.truncate(0)
 
 
-def _line_key(raw: bytes) -> int | None:
+def _line_key(raw: bytes, by_address: bool) -> int | None:
     try:
         record = json.loads(raw)
-        return record_key(record["target"], record["host"], record["port"])
+        return record_key(record["target"], record["host"], record["port"], record["sni"],
+                          record["ip"] if by_address else None)
     except (ValueError, KeyError, TypeError):
         return None
 
 
 async def skip_done(
-    items: AsyncIterable[Target | BadLine], done: Counter[int]
+    items: AsyncIterable[Target | BadLine], done: Counter[int], *, by_address: bool = False
 ) -> AsyncIterator[Target | BadLine]:
     """The items that still need a record: each recorded one is skipped once."""
     async for item in items:
         if done:
-            key = item_key(item)
+            key = item_key(item, by_address=by_address)
             if done[key] > 0:
                 done[key] -= 1
                 if not done[key]:

@@ -6,7 +6,11 @@ server name after it:
     example.org                 example.org:8443          192.0.2.7        192.0.2.7:8443
     [2001:db8::1]:443           2001:db8::1               https://example.org:8443/path
     192.0.2.0/30                192.0.2.7:443 example.org  # comment
+    smtp://192.0.2.7:587 mail.example.org                  192.0.2.7:443 a.example b.example
 
+Several server names after one address give one target per name. A STARTTLS scheme
+(smtp, imap, pop3, ftp, ldap, postgres or postgresql, mysql, xmpp) names the plaintext
+protocol spoken before the handshake, and its usual port when the line gives none.
 Blank lines and `#` comments are skipped. A line that does not parse becomes a `BadLine`,
 which the scan turns into an `invalid_target` record; it never stops the scan.
 """
@@ -27,6 +31,8 @@ from urllib.parse import urlsplit
 import aiofiles
 import idna
 
+from .starttls import DANCES
+
 # Implicit-TLS schemes a URL may name, with their default ports.
 _SCHEME_PORTS = {
     "https": 443,
@@ -38,6 +44,19 @@ _SCHEME_PORTS = {
     "ftps": 990,
     "tls": 443,
 }
+
+# STARTTLS schemes: the protocol each names (its usual port is the dance's).
+_STARTTLS_SCHEMES = {name: name for name in DANCES} | {"postgresql": "postgres"}
+
+
+def starttls_protocol(name: str) -> str:
+    """The protocol a STARTTLS scheme or --starttls value names, or TargetError."""
+    protocol = _STARTTLS_SCHEMES.get(name.lower())
+    if protocol is None:
+        raise TargetError(f"unknown STARTTLS protocol {name!r} "
+                          f"(one of {', '.join(sorted(_STARTTLS_SCHEMES))})")
+    return protocol
+
 
 # A CIDR block is expanded lazily, but a block nobody could finish scanning (an IPv6 /64) is
 # almost certainly a typo; refuse it instead of running for ever.
@@ -61,6 +80,7 @@ class Target:
     sni:    the server name to send, or None (IP targets without an explicit name)
     ip:     the address when `host` is a literal, else None (resolved at probe time)
     source: where the line came from ("-" for stdin, "argv" for -t), with `line` its number
+    starttls: the plaintext protocol upgraded before the handshake (starttls.DANCES), or None
     """
 
     text: str
@@ -70,6 +90,7 @@ class Target:
     ip: str | None
     source: str = "argv"
     line: int = 0
+    starttls: str | None = None
 
     @property
     def server_name(self) -> str | None:
@@ -166,8 +187,20 @@ def _ip_literal(text: str) -> str | None:
         return None
 
 
-def _split_address(spec: str) -> tuple[str, int | None]:
-    """`spec` without any server name -> (host or literal, explicit port or None)."""
+@dataclass(frozen=True, slots=True)
+class _Address:
+    """The address part of a line: host or literal, the port it names (None: the scan's
+    ports), and for a URL whether it said TLS from the start (`scheme`) and which STARTTLS
+    protocol, if any."""
+
+    host: str
+    port: int | None
+    scheme: bool = False
+    starttls: str | None = None
+
+
+def _split_address(spec: str) -> _Address:
+    """`spec` without any server name -> its _Address."""
     if "://" in spec:
         try:
             url = urlsplit(spec)
@@ -175,15 +208,21 @@ def _split_address(spec: str) -> tuple[str, int | None]:
         except ValueError as exc:
             raise TargetError(f"invalid URL {spec!r}: {exc}") from None
         scheme = url.scheme.lower()
-        if scheme not in _SCHEME_PORTS:
-            raise TargetError(f"unsupported URL scheme {url.scheme!r} (TLS schemes only)")
+        protocol = _STARTTLS_SCHEMES.get(scheme)
+        if protocol is not None:
+            default = DANCES[protocol].default_port
+        elif scheme in _SCHEME_PORTS:
+            default = _SCHEME_PORTS[scheme]
+        else:
+            raise TargetError(f"unsupported URL scheme {url.scheme!r} (TLS and STARTTLS "
+                              "schemes only)")
         if not url.hostname:
             raise TargetError(f"URL without a host: {spec!r}")
-        return url.hostname, port if port is not None else _SCHEME_PORTS[scheme]
+        return _Address(url.hostname, port if port is not None else default, True, protocol)
     host, port_text = split_host_port(spec)
     if spec.startswith("[") and (_ip_literal(host) is None or ":" not in host):
         raise TargetError(f"{host!r} in brackets is not an IPv6 address")
-    return host, None if port_text is None else parse_port(port_text)
+    return _Address(host, None if port_text is None else parse_port(port_text))
 
 
 def _cidr_addresses(spec: str) -> Iterator[str] | None:
@@ -222,42 +261,46 @@ def parse_line(
     sni: str | None = None,
     source: str = "argv",
     line: int = 0,
+    starttls: str | None = None,
 ) -> Iterable[Target]:
     """Parse one comment-free, non-blank line into the targets it stands for.
 
     Validates everything up front (raising TargetError), then expands lazily: a /8 costs
     nothing until it is iterated. `ports` applies when the line names no port; `sni` when
-    the line names no server.
+    the line names no server; `starttls` (a protocol of starttls.DANCES) when the line
+    has no scheme. Several server names give one target per name, in their order.
     """
     fields = text.split()
     if not fields:
         raise TargetError("empty target")
-    if len(fields) > 2:
-        raise TargetError(f"expected 'ADDRESS [SERVER_NAME]', got {len(fields)} fields")
     spec = fields[0]
-    server = parse_server_name(fields[1]) if len(fields) == 2 else sni
+    names = list(dict.fromkeys(parse_server_name(f) for f in fields[1:]))
+    servers: list[str | None] = list(names) if names else [sni]
 
     block = _cidr_addresses(spec)
     if block is not None:
         # Not itertools.product: it would materialise the whole block first.
         return (
-            Target(text, address, port, server, address, source, line)
+            Target(text, address, port, server, address, source, line, starttls)
             for address in block
             for port in ports
+            for server in servers
         )
 
-    host, port = _split_address(spec)
+    address = _split_address(spec)
+    protocol = address.starttls if address.scheme else starttls
+    host = address.host
     literal = _ip_literal(host)
     if literal is None:
         if ":" in host:
             raise TargetError(f"invalid IPv6 address {host!r}")
         host = normalise_hostname(host)
-        if server is None:
-            server = host
+        servers = [host if server is None else server for server in servers]
     else:
         host = literal
-    chosen = (port,) if port is not None else tuple(ports)
-    return [Target(text, host, p, server, literal, source, line) for p in chosen]
+    chosen = (address.port,) if address.port is not None else tuple(ports)
+    return [Target(text, host, p, server, literal, source, line, protocol)
+            for p in chosen for server in servers]
 
 
 def parse_server_name(text: str) -> str:
@@ -272,6 +315,7 @@ def parse_lines(
     sni: str | None = None,
     source: str = "argv",
     first_line: int = 1,
+    starttls: str | None = None,
 ) -> Iterator[Target | BadLine]:
     """Each line in turn: its targets, a BadLine, or nothing (blank or comment)."""
     for number, raw in enumerate(lines, first_line):
@@ -279,7 +323,8 @@ def parse_lines(
         if not text:
             continue
         try:
-            yield from parse_line(text, ports=ports, sni=sni, source=source, line=number)
+            yield from parse_line(text, ports=ports, sni=sni, source=source, line=number,
+                                  starttls=starttls)
         except TargetError as exc:
             yield BadLine(raw.strip(), source, number, str(exc))
 
@@ -373,9 +418,10 @@ async def read_targets(
     *,
     ports: Sequence[int],
     sni: str | None = None,
+    starttls: str | None = None,
 ) -> AsyncIterator[Target | BadLine]:
     """All targets of a scan: the `-t` ones first, then each file (or "-") in order."""
-    for item in parse_lines(inline, ports=ports, sni=sni, source="argv"):
+    for item in parse_lines(inline, ports=ports, sni=sni, source="argv", starttls=starttls):
         yield item
     for path in files:
         source = "stdin" if path == "-" else path
@@ -383,5 +429,5 @@ async def read_targets(
         async for raw in read_lines(path):
             number += 1
             for item in parse_lines([raw], ports=ports, sni=sni, source=source,
-                                    first_line=number):
+                                    first_line=number, starttls=starttls):
                 yield item

@@ -73,15 +73,17 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Timings:
-    """Milliseconds per stage; None for a stage that did not run (resolve for IP literals)."""
+    """Milliseconds per stage; None for a stage that did not run (resolve for IP literals,
+    starttls without a STARTTLS protocol)."""
 
     resolve: float | None = None
     connect: float | None = None
     handshake: float | None = None
     total: float | None = None
+    starttls: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
-        return {"resolve": self.resolve, "connect": self.connect,
+        return {"resolve": self.resolve, "connect": self.connect, "starttls": self.starttls,
                 "handshake": self.handshake, "total": self.total}
 
 
@@ -170,6 +172,7 @@ class Record:
     failure: Failure | None = None
     tls: TlsFacts | None = None
     timings: Timings | None = None
+    starttls: str | None = None
     certificate: JSONObject | None = None
     chain: tuple[JSONObject, ...] = ()
     validation: Verdict | None = None
@@ -187,6 +190,7 @@ class Record:
             "port": self.port,
             "ip": self.ip,
             "sni": self.sni,
+            "starttls": self.starttls,
             "status": self.status,
             "error": None if self.failure is None else self.failure.as_dict(),
             "tls": None if self.tls is None else self.tls.as_dict(),

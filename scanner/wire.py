@@ -86,7 +86,7 @@ class Line:
 
 def target_frame(tag: int, target: Target) -> bytes:
     fields = [target.text, target.host, target.port, target.sni, target.ip, target.source,
-              target.line]
+              target.line, target.starttls]
     return b"%d\t%s\t%s\n" % (tag, _TARGET, orjson.dumps(fields))
 
 
@@ -94,8 +94,8 @@ def read_target(frame: bytes) -> tuple[int, Target]:
     tag, head, body = frame.rstrip(b"\n").split(b"\t", 2)
     if head != _TARGET:
         raise ValueError(f"not a target frame: {head!r}")
-    text, host, port, sni, ip, source, line = orjson.loads(body)
-    return int(tag), Target(text, host, port, sni, ip, source, line)
+    text, host, port, sni, ip, source, line, starttls = orjson.loads(body)
+    return int(tag), Target(text, host, port, sni, ip, source, line, starttls)
 
 
 def record_frame(tag: int, line: Line) -> bytes:

@@ -72,10 +72,12 @@ async def tls_server(
     host: str | None = None,
     *,
     by_name: dict[str, ssl.SSLContext] | None = None,
+    port: int = 0,
 ) -> AsyncIterator[Running]:
     """A TLS server that completes handshakes and then waits for the client to leave.
 
     by_name: other contexts chosen by SNI (two certificates on one address).
+    port: 0 for any free one.
     """
     host = host or next_address()
     running = Running(host, 0)
@@ -96,7 +98,7 @@ async def tls_server(
         finally:
             writer.transport.abort()
 
-    server = await asyncio.start_server(handle, host, 0, ssl=ctx, backlog=4096)
+    server = await asyncio.start_server(handle, host, port, ssl=ctx, backlog=4096)
     running.port = server.sockets[0].getsockname()[1]
     async with server:
         yield running
@@ -107,8 +109,9 @@ Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[Non
 
 
 @asynccontextmanager
-async def raw_server(behaviour: Behaviour, host: str | None = None) -> AsyncIterator[Running]:
-    """A plain TCP server whose connections are handled by `behaviour`."""
+async def raw_server(behaviour: Behaviour, host: str | None = None,
+                     *, port: int = 0) -> AsyncIterator[Running]:
+    """A plain TCP server whose connections are handled by `behaviour` (port 0: any)."""
     host = host or next_address()
     running = Running(host, 0)
     handlers: set[asyncio.Task[None]] = set()
@@ -130,7 +133,7 @@ async def raw_server(behaviour: Behaviour, host: str | None = None) -> AsyncIter
             handlers.discard(task)
             writer.transport.abort()
 
-    server = await asyncio.start_server(handle, host, 0, backlog=4096)
+    server = await asyncio.start_server(handle, host, port, backlog=4096)
     running.port = server.sockets[0].getsockname()[1]
     try:
         yield running

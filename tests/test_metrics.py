@@ -88,7 +88,7 @@ async def _scan_fleet(tmp: Path) -> Fleet:
             "stale": f"{stale.target} stale.example.org",
             "stranger": f"{strange.target} stranger.example.org",
             "refused": f"{refused}:{free_port(refused)}",
-            "bad_line": "no such target ::",
+            "bad_line": "no..such..target",
         }
         found = [checked(r) async for r in scanner.scan(list(lines.values()), timeout=5,
                                                         ca_bundle=str(roots))]
