@@ -18,6 +18,7 @@ from .certs import der_to_pem
 from .config import ConfigError, ScanConfig, ScanOptions
 from .engine import Job, Scan
 from .gate import HandshakeGate
+from .keys import select
 from .probe import Prober
 from .resolve import ThreadResolver, every_address, make_resolver
 from .targets import BadLine, Target, TargetError, parse_lines, parse_server_name
@@ -77,6 +78,8 @@ async def scan(
             raise ConfigError(f"ca_bundle: {exc}") from exc
     resolver = None
     items = _items(targets, config)
+    if config.shard is not None:
+        items = select(items, config.shard)
     if config.all_addresses:
         resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
         items = every_address(items, resolver, seconds=config.timeout)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -28,14 +29,16 @@ from .config import (
 )
 from .engine import GRACE
 from .hooks import UnsupportedPlatform
-from .inventory import diff, metrics, report
+from .inventory import diff, merge, metrics, report
 from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
+from .keys import parse_shard, select
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
 from .resolve import every_address, make_resolver
 from .runtime import os_reason, raise_nofile_limit, reserve_standard_fds, run_with_loop, say
 from .sink import Output, OutputError, repair_and_index, skip_done
 from .targets import InputError, TargetError, parse_server_name, read_targets
+from .values import Shard
 from .verify import TrustStore
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
@@ -93,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
                       help="upgrade lines without a scheme with STARTTLS: smtp, imap, pop3, "
                            "ftp, ldap, postgres, mysql or xmpp (a line's own scheme, "
                            "smtp://host, wins)")
+    scan.add_argument("--shard", metavar="I/N",
+                      help="scan only shard I of N (0 <= I < N) of the expanded targets, by "
+                           "a stable hash of each target: N processes with I = 0..N-1 cover "
+                           "the list exactly once (`certscan merge` checks)")
+    scan.add_argument("--shards", type=int, metavar="N",
+                      help="as --shard I/N, I taken from $JOB_COMPLETION_INDEX (a Kubernetes "
+                           "Indexed Job sets it)")
+    scan.add_argument("--summary", choices=("text", "json"), default="text",
+                      help="the summary on stderr at the end: a sentence (default), or one "
+                           "JSON object for a scheduler's logs (even with -q)")
     scan.add_argument("--all-addresses", action="store_true",
                       help="one record per address a host name resolves to (A and AAAA), "
                            "instead of the first address that connects")
@@ -140,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit 3 when any of these holds for a record, naming the counts: "
                            "expired, untrusted, expiring:14d, error (comma-separated)")
     # The inventory tools, on result files: each module adds its own subcommand.
-    for tool in (diff, report, metrics):
+    for tool in (diff, report, metrics, merge):
         tool.add_parser(commands)
         commands.choices[tool.__name__.rsplit(".", 1)[1]].set_defaults(run=tool.run)
     return parser
@@ -171,10 +184,30 @@ def _config(args: argparse.Namespace) -> ScanConfig:
             verify_policy=args.verify_policy,
             starttls=args.starttls,
             all_addresses=args.all_addresses,
+            shard=_shard(args),
         )
     except ConfigError as exc:
         flag = "--" + str(exc).split(":", 1)[0].replace("_", "-")
         raise UsageError(f"{flag}: {str(exc).split(':', 1)[1].strip()}") from None
+
+
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """--shard I/N as given, or --shards N with I from $JOB_COMPLETION_INDEX."""
+    if args.shards is None:
+        flag, text = "--shard", args.shard
+        if text is None:
+            return None
+    elif args.shard is not None:
+        raise UsageError("--shards: give --shard I/N or --shards N, not both")
+    else:
+        index = os.environ.get("JOB_COMPLETION_INDEX")
+        if index is None:
+            raise UsageError("--shards: $JOB_COMPLETION_INDEX is not set (give --shard I/N)")
+        flag, text = f"--shards: $JOB_COMPLETION_INDEX is {index!r}", f"{index}/{args.shards}"
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def _inputs(args: argparse.Namespace, closed: frozenset[int]) -> list[str]:
@@ -243,6 +276,8 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     config, workers, out = plan.config, plan.workers, plan.out
     items = read_targets(plan.files, args.target, ports=config.ports, sni=config.sni,
                          starttls=config.starttls)
+    if config.shard is not None:
+        items = select(items, config.shard)
     resolver = None
     if config.all_addresses:
         resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
@@ -305,13 +340,19 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
         out.close()
         if resolver is not None:
             resolver.close()
-    progress.finish()
+    if args.summary == "text":
+        progress.finish()
     if received and code == EXIT_OK:
         code = 128 + received[0]
     if code == EXIT_OK and alarm is not None and alarm.tripped:
         for finding in alarm.lines():  # even with --quiet: it is why the status is 3
             say(f"--fail-on: {finding}")
         code = EXIT_ALERT
+    if args.summary == "json":  # even with --quiet: a scheduler's log wants it
+        shard = None if config.shard is None else config.shard.as_dict()
+        say(json.dumps(progress.summary_fields() | {
+            "shard": shard, "stopped_by": signal.Signals(received[0]).name if received else None,
+            "exit": code}, separators=(",", ":")))
     return code
 
 

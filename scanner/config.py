@@ -10,9 +10,11 @@ from dataclasses import dataclass, replace
 from typing import Literal, SupportsIndex, TypedDict
 
 from .gate import HandshakeGate
+from .keys import parse_shard
 from .resolve import check_nameserver
 from .starttls import DANCES
 from .targets import TargetError, parse_server_name, starttls_protocol
+from .values import Shard
 
 LoopName = Literal["auto", "asyncio", "uvloop"]
 ResolverName = Literal["thread", "aiodns"]
@@ -150,6 +152,7 @@ class ScanOptions(TypedDict, total=False):
     verify_policy: VerifyPolicyName
     starttls: str | None
     all_addresses: bool
+    shard: str | Shard | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +198,8 @@ class ScanConfig:
                   from the first byte
     all_addresses: a host name gives one target per address it resolves to (A and AAAA),
                   not one target tried on its addresses in turn
+    shard:        scan only this part of the targets: "I/N" or a values.Shard (keys.py);
+                  None: all of them
     """
 
     ports: tuple[int, ...] = None  # type: ignore[assignment]  # None: normalised (above)
@@ -213,6 +218,7 @@ class ScanConfig:
     verify_policy: VerifyPolicyName = "default"
     starttls: str | None = None
     all_addresses: bool = False
+    shard: Shard | None = None
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -256,6 +262,13 @@ class ScanConfig:
             store("ports", DEFAULT_PORTS if self.starttls is None
                   else (DANCES[self.starttls].default_port,))
         store("ports", _ports(self.ports))
+        if isinstance(self.shard, str):
+            try:
+                store("shard", parse_shard(self.shard))
+            except ValueError as exc:
+                raise ConfigError(f"shard: {exc}") from None
+        elif self.shard is not None and not isinstance(self.shard, Shard):
+            raise ConfigError(f"shard: expected 'INDEX/COUNT', got {self.shard!r}")
         if not isinstance(self.all_addresses, bool):
             raise ConfigError(f"all_addresses: expected True or False, got {self.all_addresses!r}")
         store("alpn", _alpn(self.alpn))

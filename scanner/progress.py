@@ -90,5 +90,20 @@ class Progress:
         return (text + f"; certificates expired {self.expired}, "
                 f"expiring within 30 days {self.expiring}")
 
+    def summary_fields(self) -> dict[str, object]:
+        """The summary as one JSON object's fields (`--summary json`), for machines."""
+        elapsed = time.monotonic() - self._started
+        return {
+            "event": "summary",
+            "records": self.done,
+            "elapsed_s": round(elapsed, 3),
+            "ok": self.by_status["ok"],
+            "error": self.by_status["error"],
+            "errors_by_type": dict(sorted(self.by_error.items())),
+            "verdicts": dict(sorted(self.by_verdict.items())),
+            "expired": self.expired,
+            "expiring_30d": self.expiring,
+        }
+
     def finish(self) -> None:
         self._write(("\r\x1b[2K" if self._live else "") + f"certscan: {self.summary()}\n")

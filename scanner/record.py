@@ -53,13 +53,14 @@ def sent_sni(name: str | None) -> str | None:
 
 def bad_line_record(bad: BadLine, *, now: datetime) -> Record:
     failure = Failure(ErrorType.INVALID_TARGET, Stage.TARGET, bad.message)
-    return Record(timestamp(now), bad.text, None, None, failure=failure)
+    return Record(timestamp(now), bad.text, None, None, failure=failure, shard=bad.shard)
 
 
 def error_record(target: Target, failure: Failure, *, now: datetime) -> Record:
     """A record for a target whose probe never produced a capture (a crash, a lost lane)."""
     return Record(timestamp(now), target.text, target.host, target.port, ip=target.ip,
-                  sni=sent_sni(target.sni), failure=failure, starttls=target.starttls)
+                  sni=sent_sni(target.sni), failure=failure, starttls=target.starttls,
+                  shard=target.shard)
 
 
 def capture_record(
@@ -76,6 +77,7 @@ def capture_record(
         # none. The name the verdict checked is validation.server_name.
         sni=sent_sni(target.sni),
         starttls=target.starttls,
+        shard=target.shard,
         failure=failure or capture.failure,
         tls=capture.tls,
         timings=capture.timings,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import queue
@@ -21,24 +20,8 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
-from .record import sent_sni
+from .keys import item_key, record_key
 from .targets import BadLine, Target
-
-
-def record_key(target: str, host: str | None, port: int | None, sni: str | None = None,
-               ip: str | None = None) -> int:
-    """What identifies a record's target across runs, in 8 bytes (a million fit in ~100 MB):
-    its line, host and port, the SNI it sent (one line may name several servers) and, under
-    --all-addresses only, the address (one name gives a record per address)."""
-    text = json.dumps([target, host, port, sni, ip], ensure_ascii=True)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
-def item_key(item: Target | BadLine, *, by_address: bool = False) -> int:
-    if isinstance(item, BadLine):
-        return record_key(item.text, None, None)
-    return record_key(item.text, item.host, item.port, sent_sni(item.sni),
-                      item.ip if by_address else None)
 
 
 class OutputError(Exception):

@@ -32,6 +32,7 @@ import aiofiles
 import idna
 
 from .starttls import DANCES
+from .values import Shard
 
 # Implicit-TLS schemes a URL may name, with their default ports.
 _SCHEME_PORTS = {
@@ -81,6 +82,7 @@ class Target:
     ip:     the address when `host` is a literal, else None (resolved at probe time)
     source: where the line came from ("-" for stdin, "argv" for -t), with `line` its number
     starttls: the plaintext protocol upgraded before the handshake (starttls.DANCES), or None
+    shard:  the part of the list this target was scanned in (`--shard`), or None
     """
 
     text: str
@@ -91,6 +93,7 @@ class Target:
     source: str = "argv"
     line: int = 0
     starttls: str | None = None
+    shard: Shard | None = None
 
     @property
     def server_name(self) -> str | None:
@@ -106,6 +109,7 @@ class BadLine:
     source: str
     line: int
     reason: str
+    shard: Shard | None = None
 
     @property
     def message(self) -> str:

@@ -72,6 +72,27 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """One of `count` disjoint parts of a target list (`--shard index/count`), 0-based as
+    Kubernetes numbers a Job's indexes."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index}/{self.count}: the index must be 0 to "
+                             f"{self.count - 1}" if self.count > 0 else
+                             f"shard {self.index}/{self.count}: the count must be at least 1")
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def as_dict(self) -> dict[str, int]:
+        return {"index": self.index, "count": self.count}
+
+
+@dataclass(frozen=True, slots=True)
 class Timings:
     """Milliseconds per stage; None for a stage that did not run (resolve for IP literals,
     starttls without a STARTTLS protocol)."""
@@ -173,6 +194,7 @@ class Record:
     tls: TlsFacts | None = None
     timings: Timings | None = None
     starttls: str | None = None
+    shard: Shard | None = None
     certificate: JSONObject | None = None
     chain: tuple[JSONObject, ...] = ()
     validation: Verdict | None = None
@@ -191,6 +213,7 @@ class Record:
             "ip": self.ip,
             "sni": self.sni,
             "starttls": self.starttls,
+            "shard": None if self.shard is None else self.shard.as_dict(),
             "status": self.status,
             "error": None if self.failure is None else self.failure.as_dict(),
             "tls": None if self.tls is None else self.tls.as_dict(),

@@ -19,7 +19,7 @@ import orjson
 
 from .record import encode
 from .targets import Target
-from .values import Record
+from .values import Record, Shard
 
 _TARGET = b"target"
 
@@ -86,7 +86,8 @@ class Line:
 
 def target_frame(tag: int, target: Target) -> bytes:
     fields = [target.text, target.host, target.port, target.sni, target.ip, target.source,
-              target.line, target.starttls]
+              target.line, target.starttls,
+              None if target.shard is None else [target.shard.index, target.shard.count]]
     return b"%d\t%s\t%s\n" % (tag, _TARGET, orjson.dumps(fields))
 
 
@@ -94,8 +95,9 @@ def read_target(frame: bytes) -> tuple[int, Target]:
     tag, head, body = frame.rstrip(b"\n").split(b"\t", 2)
     if head != _TARGET:
         raise ValueError(f"not a target frame: {head!r}")
-    text, host, port, sni, ip, source, line, starttls = orjson.loads(body)
-    return int(tag), Target(text, host, port, sni, ip, source, line, starttls)
+    text, host, port, sni, ip, source, line, starttls, shard = orjson.loads(body)
+    return int(tag), Target(text, host, port, sni, ip, source, line, starttls,
+                            None if shard is None else Shard(*shard))
 
 
 def record_frame(tag: int, line: Line) -> bytes:

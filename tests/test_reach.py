@@ -25,7 +25,7 @@ import trustme
 import scanner
 from dnsserver import dns_server
 from scanner.config import ConfigError, ScanConfig
-from scanner.sink import item_key, record_key
+from scanner.keys import item_key, record_key
 from scanner.targets import Target, TargetError, parse_line
 from schema import checked
 from servers import Running, next_address, raw_server, server_context, tls_server

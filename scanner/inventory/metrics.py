@@ -18,7 +18,7 @@ serial. See `FAMILIES` for each metric and README "metrics" for the cardinality.
 Memory: the exposition format needs each metric's samples together, so nothing can be
 written before the last line is read. Per endpoint this holds one bytes row, its escaped
 labels and values already as they are output, keyed by an 8-byte hash of its identity as
-sink.record_key does for --resume (two endpoints of a million share a hash with odds of
+keys.record_key does for --resume (two endpoints of a million share a hash with odds of
 about 3e-8): ~350 bytes an endpoint in all, measured (a million endpoints: 370 MB peak
 RSS). Records themselves are dropped as soon as they are read.
 """
