@@ -120,6 +120,7 @@ class Tool:
     commands: Callable[[Setting, Path, int], list[list[str]]]  # (setting, out file, rep)
     statuses: Callable[[Setting, Path, Measurement], Statuses]
     regimes: str = "AB"
+    binary: Path | None = None  # a program bench/setup.sh builds; the tool is skipped without it
 
 
 def certscan_command() -> list[str]:
@@ -142,9 +143,11 @@ def certscan_commands(setting: Setting, out: Path, rep: int) -> list[list[str]]:
 VALIDATED: dict[Path, int] = {}
 
 
-def certscan_statuses(setting: Setting, out: Path, measurement: Measurement) -> Statuses:
+def record_statuses(out: Path, trusted: Callable[[dict[str, Any]], bool]) -> Statuses:
+    """Statuses from a JSON-lines output whose records have target, status ("ok") and
+    error.type, as certscan's and goscan's do; counts the ok records `trusted` accepts."""
     statuses: Statuses = []
-    trusted = 0
+    validated = 0
     if out.exists():
         for line in out.read_text().splitlines():
             try:
@@ -153,12 +156,32 @@ def certscan_statuses(setting: Setting, out: Path, measurement: Measurement) -> 
                 continue  # a torn last line if the run was killed
             if record.get("status") == "ok":
                 statuses.append((record["target"], "ok"))
-                trusted += bool((record.get("validation") or {}).get("trusted"))
+                validated += trusted(record)
             else:
                 statuses.append((record.get("target", "?"), (record.get("error") or {}).get(
                     "type", "other")))
-    VALIDATED[out] = trusted
+    VALIDATED[out] = validated
     return statuses
+
+
+def certscan_statuses(setting: Setting, out: Path, measurement: Measurement) -> Statuses:
+    return record_statuses(out, lambda record: bool((record.get("validation") or {}).get(
+        "trusted")))
+
+
+GOSCAN = BENCH / "goscan" / "goscan"  # built from bench/goscan/main.go by bench/setup.sh
+
+
+def goscan_commands(setting: Setting, out: Path, rep: int) -> list[list[str]]:
+    return [[
+        str(GOSCAN), "-ca", str(setting.fleet.ca_pem),
+        "-concurrency", str(setting.regime.concurrency),
+        "-timeout", f"{setting.regime.timeout:g}", "-out", str(out), str(setting.targets_file),
+    ]]
+
+
+def goscan_statuses(setting: Setting, out: Path, measurement: Measurement) -> Statuses:
+    return record_statuses(out, lambda record: bool(record.get("trusted")))
 
 
 def baseline_commands(*options: str) -> Callable[[Setting, Path, int], list[list[str]]]:
@@ -215,10 +238,13 @@ TOOLS = [
                                                  "wait"), baseline_statuses),
     Tool("uvloop+abort", baseline_commands("asyncio", "--loop", "uvloop", "--close", "abort"),
          baseline_statuses),
+    # Go's own TLS stack, standing for Go scanners (tlsx, zgrab2); verifies with crypto/x509.
+    Tool("go-stdlib", goscan_commands, goscan_statuses, binary=GOSCAN),
     # s_time cannot take a target list, a timeout or concurrency: regime A only.
     Tool("openssl-s_time", stime_commands, stime_statuses, regimes="A"),
 ]
-REFERENCE, THREADS = "openssl-s_time", "stdlib-threads"
+REFERENCE, THREADS, GO = "openssl-s_time", "stdlib-threads", "go-stdlib"
+OTHERS = (REFERENCE, THREADS, GO)  # the tools certscan's ratios are printed against
 
 
 def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
@@ -323,6 +349,10 @@ def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, 
               ratio(summary, "handshakes_per_s", "certscan", THREADS), 1.25, True)
         check("certscan CPU/handshake <= 1.4x openssl reference",
               ratio(summary, "cpu_ms_per_handshake", "certscan", REFERENCE), 1.4, False)
+        check("certscan handshakes/s >= 1.0x go-stdlib",
+              ratio(summary, "handshakes_per_s", "certscan", GO), 1.0, True)
+        check("certscan CPU/handshake <= 1.25x go-stdlib",
+              ratio(summary, "cpu_ms_per_handshake", "certscan", GO), 1.25, False)
     elif cs is not None:
         check("certscan: every reachable target ok (worst rep, missing targets)",
               float(cs["reachable"] - cs["worst_reachable_ok"]), 0, False)
@@ -355,7 +385,7 @@ def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
         print(line)
     print()
     for label, key in (("handshakes/s", "handshakes_per_s"), ("CPU/hs", "cpu_ms_per_handshake")):
-        for other in (REFERENCE, THREADS):
+        for other in OTHERS:
             value = ratio(summary, key, "certscan", other)
             if value is None:
                 continue
@@ -429,6 +459,7 @@ def environment(regime: Regime) -> dict[str, Any]:
                                 check=False).stderr.strip(),
         "certscan_commit": output(["git", "rev-parse", "--short", "HEAD"]),
         "certscan_dirty": bool(output(["git", "status", "--porcelain", "scanner"])),
+        "goscan_go": output(["go", "version", str(GOSCAN)]) if GOSCAN.exists() else "",
         "delay_mode": regime.delay_mode,
     }
 
@@ -518,6 +549,11 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
     )
     tools = [t for t in TOOLS if regime.name in t.regimes
              and (not args.tools or t.name in args.tools.split(","))]
+    for tool in tools:
+        if tool.binary is not None and not os.access(tool.binary, os.X_OK):
+            print(f"skipping {tool.name}: {tool.binary.relative_to(REPO)} is not built "
+                  "(bench/setup.sh builds it when `go` is installed)", flush=True)
+    tools = [t for t in tools if t.binary is None or os.access(t.binary, os.X_OK)]
     runner = Runner(scratch)
     results: list[RunResult] = []
     try:
@@ -550,7 +586,7 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
                                                     other),
                 "cpu_ms_per_handshake_per_rep": per_rep(results, "cpu_ms_per_handshake",
                                                         "certscan", other),
-            } for other in (REFERENCE, THREADS)
+            } for other in OTHERS
         },
         "runs": [asdict(r) | {"handshakes_per_s": r.handshakes_per_s,
                               "cpu_ms_per_handshake": r.cpu_ms_per_handshake} for r in results],
