@@ -352,7 +352,7 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
         shard = None if config.shard is None else config.shard.as_dict()
         say(json.dumps(progress.summary_fields() | {
             "shard": shard, "stopped_by": signal.Signals(received[0]).name if received else None,
-            "exit": code}, separators=(",", ":")))
+            "exit": code}, separators=(",", ":")), bare=True)
     return code
 
 

@@ -90,11 +90,12 @@ def reserve_standard_fds() -> frozenset[int]:
     return frozenset(closed)
 
 
-def say(message: str) -> None:
-    """One line on stderr, "certscan: MESSAGE" (stderr may be /dev/null, if it was closed,
-    or fail: a message is never worth a crash)."""
+def say(message: str, *, bare: bool = False) -> None:
+    """One line on stderr, "certscan: MESSAGE" (just MESSAGE when `bare`, for a line a
+    machine reads). stderr may be /dev/null, if it was closed, or fail: a message is never
+    worth a crash."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(f"certscan: {message}", file=sys.stderr, flush=True)
+        print(message if bare else f"certscan: {message}", file=sys.stderr, flush=True)
 
 
 def os_reason(exc: OSError) -> str:
