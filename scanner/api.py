@@ -57,8 +57,9 @@ async def scan(
     """Scan target lines (any form `certscan scan` reads), yielding one record per target
     in completion order. `targets` is one line (a str) or an iterable or async iterable of
     lines. `options` are `ScanConfig` fields (ports, sni, concurrency, timeout, ca_bundle,
-    alpn, retries, rate, resolver, ...), in the forms ScanConfig accepts: `ports=8443`,
-    `ports="443,8000-8010"` and `alpn="h2,http/1.1"` as on the command line.
+    alpn, retries, rate, resolver, starttls, all_addresses, shard, ...), in the forms
+    ScanConfig accepts: `ports=8443`, `ports="443,8000-8010"`, `alpn="h2,http/1.1"`,
+    `starttls="smtp"` and `shard="0/4"` as on the command line.
 
     ConfigError (a ValueError naming the option) for an option that cannot work, a
     `ca_bundle` that cannot be loaded included, before any record. A record's `validation`

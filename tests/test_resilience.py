@@ -161,7 +161,7 @@ async def test_a_signal_stops_cleanly_and_resume_finishes(
     targets = tmp_path / "targets.txt"
     async with tls_server(server_context(ca.issue_cert("sig.test"))) as good, \
             raw_server(silent) as quiet:
-        lines = [good.target] * 20 + [quiet.target] * 30 + ["bad line here"]
+        lines = [good.target] * 20 + [quiet.target] * 30 + ["bad..line"]
         targets.write_text("\n".join(lines) + "\n")
         process = await _start([
             "scan", str(targets), "-o", str(out), "--timeout", "60", "--concurrency", "10",

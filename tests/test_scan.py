@@ -244,7 +244,7 @@ async def test_a_bug_is_internal_with_its_traceback(
 async def test_many_targets_each_get_exactly_one_record(ca: trustme.CA) -> None:
     ctx = server_context(ca.issue_cert("many.test"))
     async with tls_server(ctx) as good, raw_server(silent) as quiet:
-        lines = [good.target, quiet.target, "not a target at all"] * 40
+        lines = [good.target, quiet.target, "not..a..target"] * 40
         records = await scan_all(lines, concurrency=7, timeout=0.3)
     assert len(records) == 120
     statuses = sorted((r["target"], r["status"]) for r in records)
