@@ -33,9 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
             "${packages[@]/nginx-light/nginx}"
 fi
 
-if ! "$py" -c 'import cryptography, uvloop, scanner' >/dev/null 2>&1; then
-    echo "setup: pip install -e $repo into $py" >&2
-    "$py" -m pip install -q -e "$repo"
+if ! "$py" -c 'import cryptography, uvloop, rtls, scanner' >/dev/null 2>&1; then
+    echo "setup: pip install -e $repo[rustls] into $py" >&2
+    "$py" -m pip install -q -e "$repo[rustls]"
 fi
 
 # Byte-compile certscan and the bench's own scripts, as `pip install .` does at install

@@ -17,12 +17,12 @@ from typing import Any, Unpack
 from .certs import der_to_pem
 from .config import ConfigError, ScanConfig, ScanOptions
 from .engine import Job, Scan
+from .engines import OpenSSLEngine
 from .gate import HandshakeGate
 from .keys import select
 from .probe import Prober
 from .resolve import ThreadResolver, every_address, make_resolver
 from .targets import BadLine, Target, TargetError, parse_lines, parse_server_name
-from .tls import capture_context
 from .values import ErrorType, Failure, Stage
 from .verify import TrustStore, to_ssl_error, verify_chain
 
@@ -246,7 +246,8 @@ async def get_server_certificate(
     resolver = ThreadResolver(threads=1)
     try:
         target = await _twin_target(host, port, timeout)
-        prober = Prober(capture_context(), resolver, timeout=timeout,
+        # OpenSSL, as the stdlib: the same _ssl raises the same exceptions.
+        prober = Prober(OpenSSLEngine(()), resolver, timeout=timeout,
                         gate=HandshakeGate(1, budget=timeout, fixed=True))
         capture = await prober.probe(target)
         if capture.failure is not None:

@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{DEFAULT_TIMEOUT:g}); waiting for a CPU slot is bounded apart")
     scan.add_argument("--ca-bundle", metavar="PATH|DIR|system|certifi",
                       help="judge each chain against this trust store (default: no verdict)")
+    scan.add_argument("--engine", choices=("auto", "openssl", "rustls"), default="auto",
+                      help="TLS library for handshakes: auto (rustls where rtls is installed, "
+                           "OpenSSL again for servers rustls cannot speak to; the default), "
+                           "openssl or rustls (forced, no fallback)")
     scan.add_argument("--verify-policy", choices=("default", "strict"), default="default",
                       help="verdict parameters, pinned: default = Python 3.11/3.12's default "
                            "context; strict = 3.13's (adds X509_STRICT, PARTIAL_CHAIN)")
@@ -185,6 +189,7 @@ def _config(args: argparse.Namespace) -> ScanConfig:
             starttls=args.starttls,
             all_addresses=args.all_addresses,
             shard=_shard(args),
+            engine=args.engine,
         )
     except ConfigError as exc:
         flag = "--" + str(exc).split(":", 1)[0].replace("_", "-")

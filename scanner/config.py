@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Literal, SupportsIndex, TypedDict
 
+from .engines import EngineName, rustls_missing
 from .gate import HandshakeGate
 from .keys import parse_shard
 from .resolve import check_nameserver
@@ -153,6 +154,7 @@ class ScanOptions(TypedDict, total=False):
     starttls: str | None
     all_addresses: bool
     shard: str | Shard | None
+    engine: EngineName
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +202,8 @@ class ScanConfig:
                   not one target tried on its addresses in turn
     shard:        scan only this part of the targets: "I/N" or a values.Shard (keys.py);
                   None: all of them
+    engine:       the handshake engine (engines.py): "auto" (rustls where rtls is installed,
+                  OpenSSL for what rustls cannot speak), "openssl" or "rustls" (no fallback)
     """
 
     ports: tuple[int, ...] = None  # type: ignore[assignment]  # None: normalised (above)
@@ -219,6 +223,7 @@ class ScanConfig:
     starttls: str | None = None
     all_addresses: bool = False
     shard: Shard | None = None
+    engine: EngineName = "auto"
 
     def __post_init__(self) -> None:
         self._normalise()
@@ -240,6 +245,11 @@ class ScanConfig:
             raise ConfigError("handshakes: must be at least 1")
         if self.loop not in ("auto", "asyncio", "uvloop"):
             raise ConfigError(f"loop: unknown event loop {self.loop!r}")
+        if self.engine not in ("auto", "openssl", "rustls"):
+            raise ConfigError(f"engine: unknown engine {self.engine!r} (auto, openssl or "
+                              "rustls)")
+        if self.engine == "rustls" and rustls_missing() is not None:
+            raise ConfigError(f"engine: {rustls_missing()}")
         if self.verify_policy not in ("default", "strict"):
             raise ConfigError(f"verify_policy: unknown policy {self.verify_policy!r} "
                               "(default or strict)")

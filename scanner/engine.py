@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 
 from .assess import assess
 from .config import ScanConfig
+from .engines import engines
 from .errors import Stage, internal
 from .probe import Prober
 from .record import bad_line_record, error_record
 from .resolve import make_resolver
 from .targets import BadLine, Target
-from .tls import capture_context
 from .values import Record
 from .verify import TrustStore
 
@@ -135,13 +135,15 @@ class Scan:
         config = self._config
         resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
         limiter = self._limiter = RateLimiter(config.rate) if config.rate else None
+        first, fallback = engines(config.engine, config.alpn)
         prober = Prober(
-            capture_context(config.alpn),
+            first,
             resolver,
             timeout=config.timeout,
             gate=config.handshake_gate(),
             retries=config.retries,
             before_attempt=limiter.wait if limiter else None,
+            fallback=fallback,
         )
         work: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 2)
         results: asyncio.Queue[Result | None] = asyncio.Queue(maxsize=config.concurrency * 2)

@@ -76,8 +76,44 @@ def _ssl_reason(exc: ssl.SSLError) -> str:
     return ""
 
 
+# rustls's alert names (its Debug spelling) -> the OpenSSL reasons records have always
+# carried for the same alert, so that a record reads the same whichever engine met it.
+_RUSTLS_ALERTS = {
+    "HandshakeFailure": "SSLV3_ALERT_HANDSHAKE_FAILURE",
+    "IllegalParameter": "SSLV3_ALERT_ILLEGAL_PARAMETER",
+    "BadCertificate": "SSLV3_ALERT_BAD_CERTIFICATE",
+    "UnexpectedMessage": "SSLV3_ALERT_UNEXPECTED_MESSAGE",
+    "UnrecognisedName": "TLSV1_UNRECOGNIZED_NAME",
+}
+_RUSTLS_ALERT = "received fatal alert: "
+# "received corrupt message of type KIND" -> what OpenSSL says of the same bytes.
+_RUSTLS_CORRUPT = {
+    "InvalidContentType": ("WRONG_VERSION_NUMBER", ErrorType.NOT_TLS),  # not TLS records
+    "HandshakePayloadTooLarge": ("EXCESSIVE_MESSAGE_SIZE", ErrorType.TLS_ERROR),
+}
+
+
+def _rustls_failure(exc: ssl.SSLError, stage: Stage) -> Failure:
+    """An rtls (rustls) error: its text is rustls's own ("received fatal alert:
+    HandshakeFailure", "received corrupt message of type InvalidContentType", "peer is
+    incompatible: ..."); alerts get the OpenSSL reason OpenSSL would have given."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    if text.startswith(_RUSTLS_ALERT):
+        name = text.removeprefix(_RUSTLS_ALERT)
+        reason = _RUSTLS_ALERTS.get(name) or "TLSV1_ALERT_" + "".join(
+            f"_{c}" if c.isupper() and i else c for i, c in enumerate(name)).upper()
+        return Failure(ErrorType.TLS_ALERT, stage, f"{reason}: {text} (rustls)")
+    kind = text.rsplit(" ", 1)[-1]
+    if text.startswith("received corrupt message") and kind in _RUSTLS_CORRUPT:
+        reason, error = _RUSTLS_CORRUPT[kind]
+        return Failure(error, stage, f"{reason}: {text} (rustls)")
+    return Failure(ErrorType.TLS_ERROR, stage, f"{text} (rustls)")
+
+
 def classify_tls(exc: ssl.SSLError, stage: Stage) -> Failure:
     """Translate an SSL failure; kept public for the alert name mapping tests."""
+    if getattr(exc, "library", None) == "rtls":
+        return _rustls_failure(exc, stage)
     reason = _ssl_reason(exc)
     message = f"{reason}: {exc}" if reason and reason not in str(exc) else str(exc)
     if isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):

@@ -9,6 +9,7 @@ back as a plain Failure inside the Capture, translated from the exception once, 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ssl
 import time
@@ -16,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from . import hooks
+from .engines import Engine, falls_back
 from .errors import ErrorType, Failed, Failure, Stage, classify
 from .gate import HandshakeGate
 from .resolve import Resolver
@@ -41,15 +42,6 @@ class _Stopwatch:
         return Timings(self.resolve, self.connect, self.handshake, total, self.starttls)
 
 
-def unverified_chain(sslobj: Any) -> tuple[tuple[bytes, ...], tuple[NativeCertificate, ...]]:
-    """The certificates as the server sent them, leaf first: (DER, OpenSSL's own objects,
-    each wrapping the X509 OpenSSL decoded during the handshake, which verify.py judges
-    without decoding them again; empty where only DER can be had). `sslobj` is the TLS
-    object a probe drives (`hooks.wrap_bio`). `getpeercert(True)` alone would give only
-    the leaf. How, and on which Pythons: `hooks.unverified_chain`."""
-    return hooks.unverified_chain(sslobj)
-
-
 class Clock:
     """The target's deadline budget. Only time spent in a stage counts against it: waiting
     for a handshake slot (our own CPU queue) does not, so a busy scanner never times out
@@ -67,22 +59,27 @@ class Clock:
 
 
 class Prober:
-    """Probes targets with shared, pre-built parts: one SSLContext, one resolver, one gate
-    on handshakes in progress. Safe to use from many tasks of one event loop."""
+    """Probes targets with shared, pre-built parts: one handshake engine (and its
+    fallback), one resolver, one gate on handshakes in progress. Safe to use from many
+    tasks of one event loop."""
 
     def __init__(
         self,
-        context: ssl.SSLContext,
+        engine: Engine,
         resolver: Resolver,
         *,
         timeout: float,
         gate: HandshakeGate,
         retries: int = 0,
         before_attempt: Callable[[], Awaitable[None]] | None = None,
+        fallback: Engine | None = None,
     ) -> None:
         """before_attempt: awaited before each attempt starts (its clock too): --rate's
-        turn. Whatever it raises goes to the caller (a stopped scan's `Stopped`)."""
-        self._context = context
+        turn. Whatever it raises goes to the caller (a stopped scan's `Stopped`).
+        fallback: the engine for a server `engine` cannot speak to (engines.falls_back),
+        tried at once, in what is left of the same deadline."""
+        self._engine = engine
+        self._fallback = fallback
         self._resolver = resolver
         self._timeout = timeout
         self._gate = gate
@@ -95,19 +92,30 @@ class Prober:
         while True:
             if self._before_attempt is not None:
                 await self._before_attempt()
-            capture = await self._attempt(target)
+            capture = await self._attempt(target, self._engine, Clock(self._timeout))
             failure = capture.failure
             if failure is None or attempt >= self._retries or not _retryable(failure):
                 return capture
             attempt += 1
             await asyncio.sleep(backoff_delay(attempt))
 
-    async def _attempt(self, target: Target) -> Capture:
-        """One attempt. Each stage keeps the target's deadline, and the wait for a handshake
-        slot is bounded by the timeout again; a backstop over the whole attempt holds that
-        bound (`attempt_bound`) even against a bug."""
+    async def _attempt(self, target: Target, engine: Engine, clock: Clock) -> Capture:
+        """One attempt, and its one fallback when `engine` cannot speak to the server."""
+        started = time.perf_counter()
+        capture = await self._try(target, engine, clock)
+        if (self._fallback is None or engine is self._fallback or capture.failure is None
+                or not falls_back(capture.failure) or clock.remaining() <= 0):
+            return capture
+        again = await self._try(target, self._fallback, clock)
+        total = round((time.perf_counter() - started) * 1000, 3)
+        return dataclasses.replace(again, timings=dataclasses.replace(again.timings,
+                                                                      total=total))
+
+    async def _try(self, target: Target, engine: Engine, clock: Clock) -> Capture:
+        """One connection with one engine. Each stage keeps the target's deadline, and the
+        wait for a handshake slot is bounded by the timeout again; a backstop over the
+        whole try holds that bound (`attempt_bound`) even against a bug."""
         timings = _Stopwatch()
-        clock = Clock(self._timeout)
         started = time.perf_counter()
         stage = Stage.RESOLVE
         ip: str | None = target.ip
@@ -118,7 +126,7 @@ class Prober:
         failure: Failure | None = None
         cause: BaseException | None = None
         try:
-            async with asyncio.timeout(attempt_bound(self._timeout)):
+            async with asyncio.timeout(attempt_bound(clock.remaining())):
                 addresses = [ip] if ip is not None else []
                 if ip is None:
                     t0 = time.perf_counter()
@@ -129,7 +137,7 @@ class Prober:
 
                 stage = Stage.CONNECT
                 t0 = time.perf_counter()
-                protocol, ip = await self._connect(target, addresses, clock)
+                protocol, ip = await self._connect(target, addresses, clock, engine)
                 timings.connect = _ms(t0, clock, protocol.connected_at)
 
                 if target.starttls is not None:
@@ -162,7 +170,7 @@ class Prober:
 
                 stage = Stage.CERTIFICATE
                 tls = _tls_facts(protocol.ssl_object)
-                chain, decoded = unverified_chain(protocol.ssl_object)
+                chain, decoded = protocol.engine.chain(protocol.ssl_object)
                 if not chain:
                     failure = Failure(ErrorType.TLS_ERROR, stage, "the server sent no certificate")
         except asyncio.CancelledError:
@@ -176,10 +184,11 @@ class Prober:
             if protocol is not None:
                 protocol.close()
         total = round((time.perf_counter() - started) * 1000, 3)
-        return Capture(ip, tls, chain, timings.freeze(total), failure, decoded, cause)
+        used = None if protocol is None else protocol.engine.name  # None: no TLS began
+        return Capture(ip, tls, chain, timings.freeze(total), failure, decoded, cause, used)
 
-    async def _connect(self, target: Target, addresses: list[str],
-                       clock: Clock) -> tuple[_HandshakeProtocol, str]:
+    async def _connect(self, target: Target, addresses: list[str], clock: Clock,
+                       engine: Engine) -> tuple[_HandshakeProtocol, str]:
         """Connect to the first of `addresses` that answers, trying them in order as
         `socket.create_connection` does, all within the target's deadline: each address
         gets an equal share of what is left of it, so one that swallows SYNs cannot starve
@@ -193,7 +202,7 @@ class Prober:
             dance = (None if target.starttls is None
                      else dance_for(target.starttls, target.sni or target.host))
             # An IP literal as server_hostname sends no SNI (RFC 6066 forbids it).
-            protocol = _HandshakeProtocol(self._context, target.sni or address, loop, dance)
+            protocol = self._protocol(engine, target.sni or address, loop, dance)
             left = budget - (time.perf_counter() - started)
             try:
                 async with asyncio.timeout(max(left, 0.0) / (len(addresses) - n)):
@@ -213,6 +222,17 @@ class Prober:
                           for address, exc in failures)
         raise _Unanswered(failures[-1][0], Failure(last.type, Stage.CONNECT,
                                                    f"no address answered ({tried})"))
+
+    def _protocol(self, engine: Engine, name: str, loop: asyncio.AbstractEventLoop,
+                  dance: Dance | None) -> _HandshakeProtocol:
+        """The protocol for one connection; with the fallback engine at once when `engine`
+        will not take the server name (rustls refuses some OpenSSL sends as they are)."""
+        try:
+            return _HandshakeProtocol(engine, name, loop, dance)
+        except ssl.SSLError:
+            if self._fallback is None or engine is self._fallback:
+                raise
+            return _HandshakeProtocol(self._fallback, name, loop, dance)
 
     async def _take_slot(self) -> None:
         try:
@@ -268,17 +288,16 @@ class _HandshakeProtocol(asyncio.Protocol):
     """
 
     def __init__(
-        self, context: ssl.SSLContext, server_hostname: str, loop: asyncio.AbstractEventLoop,
+        self, engine: Engine, server_hostname: str, loop: asyncio.AbstractEventLoop,
         dance: Dance | None = None,
     ) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
-        # The bare `_ssl._SSLSocket` where it checks out (`hooks.wrap_bio`), else an
-        # `ssl.SSLObject`: the same methods, raising the same errors. Names come from
-        # targets.py already IDNA-encoded.
-        self.ssl_object: Any = hooks.wrap_bio(
-            context, self._incoming, self._outgoing, server_hostname
-        )
+        # The engine's TLS object (engines.py): for OpenSSL the bare `_ssl._SSLSocket`
+        # where it checks out, else an `ssl.SSLObject`; for rustls rtls's. The same
+        # methods, raising the same errors. Names come from targets.py IDNA-encoded.
+        self.engine = engine
+        self.ssl_object: Any = engine.wrap(self._incoming, self._outgoing, server_hostname)
         self._loop = loop
         self._dance = dance
         self._upgraded: asyncio.Future[None] = self._loop.create_future()

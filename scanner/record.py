@@ -78,6 +78,7 @@ def capture_record(
         sni=sent_sni(target.sni),
         starttls=target.starttls,
         shard=target.shard,
+        engine=capture.engine,
         failure=failure or capture.failure,
         tls=capture.tls,
         timings=capture.timings,

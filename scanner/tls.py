@@ -46,3 +46,26 @@ def capture_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
         ctx.set_alpn_protocols(list(alpn))
     return ctx
 
+
+
+def rustls_context(alpn: Sequence[str] = ()) -> ssl.SSLContext:
+    """capture_context's settings for the rustls engine (rtls: rustls behind the `ssl`
+    module's API; its SSLContext subclasses ssl.SSLContext). ImportError without rtls.
+
+    What rustls cannot do, it does not pretend to: TLS 1.2 is its floor (no 1.0/1.1), its
+    suites are the ECDHE-AEAD ones (no CBC, no static RSA, no DHE), and OP_NO_TICKET is
+    moot (a fresh rustls config per connection resumes nothing). Servers that need more
+    are the OpenSSL engine's (engines.py, the fallback).
+    """
+    import rtls
+
+    ctx: ssl.SSLContext = rtls.SSLContext(rtls.PROTOCOL_TLS_CLIENT)
+    # Capture, don't verify, as capture_context. (Under CERT_NONE rustls also skips the
+    # server's handshake signature; OpenSSL checks it. The verdict judges the chain.)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.maximum_version = ssl.TLSVersion.MAXIMUM_SUPPORTED
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    return ctx

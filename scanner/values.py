@@ -132,6 +132,7 @@ class Capture:
     failure:  set when anything failed
     cause:    the exception behind `failure`, as raised (None for a failure certscan decided
               itself); only the library's stdlib twin reads it. Never part of a record.
+    engine:   the handshake engine of the last connection ("openssl", "rustls")
     """
 
     ip: str | None
@@ -141,6 +142,7 @@ class Capture:
     failure: Failure | None
     decoded: tuple[Certificate, ...] = ()
     cause: BaseException | None = field(default=None, compare=False, repr=False)
+    engine: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +197,7 @@ class Record:
     timings: Timings | None = None
     starttls: str | None = None
     shard: Shard | None = None
+    engine: str | None = None
     certificate: JSONObject | None = None
     chain: tuple[JSONObject, ...] = ()
     validation: Verdict | None = None
@@ -214,6 +217,7 @@ class Record:
             "sni": self.sni,
             "starttls": self.starttls,
             "shard": None if self.shard is None else self.shard.as_dict(),
+            "engine": self.engine,
             "status": self.status,
             "error": None if self.failure is None else self.failure.as_dict(),
             "tls": None if self.tls is None else self.tls.as_dict(),

@@ -23,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from dnsserver import DNSServer, dns_server, numbered_rule
+from scanner.engines import OpenSSLEngine
 from scanner.errors import ErrorType, Stage, classify
 from scanner.gate import HandshakeGate
 from scanner.probe import Prober
 from scanner.resolve import AiodnsResolver, ThreadResolver
 from scanner.targets import Target
-from scanner.tls import capture_context
 
 ZONE = "example.test"
 RECORDS = {
@@ -183,7 +183,7 @@ async def test_probe_reports_resolve_failures_and_uses_the_address(
     _, nameserver = dns
     resolver = AiodnsResolver([nameserver])
     prober = Prober(
-        capture_context(), resolver, timeout=2.0, gate=HandshakeGate(4, budget=2.0, fixed=True)
+        OpenSSLEngine(()), resolver, timeout=2.0, gate=HandshakeGate(4, budget=2.0, fixed=True)
     )
     try:
         missing = await prober.probe(
