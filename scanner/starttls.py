@@ -700,6 +700,11 @@ class XMPPDance(_Dialogue[_Stanza]):
         self._parser.EndElementHandler = self._closed
         self._parser.CharacterDataHandler = self._text
         self._parser.StartDoctypeDeclHandler = self._doctype
+        # Expat 2.6 holds back a small piece until more comes (reparse deferral, against
+        # quadratic reparsing of huge tokens): a <proceed/> that arrives on its own would
+        # then wait for bytes the server never sends. Our pieces are small and bounded.
+        if hasattr(self._parser, "SetReparseDeferralEnabled"):
+            self._parser.SetReparseDeferralEnabled(False)
 
     def start(self) -> bytes:
         to = escape(self.server_name, {"'": "&apos;", '"': "&quot;"})
