@@ -12,7 +12,10 @@ the two flags 3.13 adds there.
 The chain may be DER bytes or the certificate objects a handshake already decoded
 (``scanner.hooks.unverified_chain``): those lend their ``X509`` directly, which skips
 ``d2i_X509``, by far the largest cost of a call under OpenSSL 3.0 (see ``lend`` in
-``scanner.hooks``; ``scanner.openssl`` holds the ctypes bindings).
+``scanner.hooks``; ``scanner.openssl`` holds the ctypes bindings). DER is decoded once per
+trust store: each ``TrustStore`` keeps the X509s it decoded, by their exact bytes, in a
+bounded LRU (``_Decoded``), since a scan meets the same intermediates, and the same leaf
+behind a name's many addresses, again and again.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import ctypes
 import importlib
 import os
 import ssl
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Self
+from typing import TYPE_CHECKING, Literal, NamedTuple, Self
 
 from .hooks import lend
 from .openssl import bind, decode
@@ -97,23 +102,42 @@ _X509_V_ERR_UNSPECIFIED = 1  # a failed verification that set no code (internal 
 _NAME_ERRORS = {62: "Hostname mismatch", 64: "IP address mismatch"}
 
 
-class TrustStore:
-    """An X509_STORE loaded once; safe to share between threads for verification.
+class DecodeCacheInfo(NamedTuple):
+    """A trust store's cache of decoded certificates (``TrustStore.decode_cache_info``)."""
 
-    ``close()`` frees it: call it only once no verification is running.
+    hits: int
+    misses: int  # DER decoded (or refused: a decoding failure counts, and is not kept)
+    size: int  # certificates held now
+    maxsize: int  # 0: no cache, every DER certificate is decoded
+
+
+# The bounds of a store's cache. An X509 decoded by OpenSSL 3.0 takes ~2-4 KB; the DER, kept
+# as the key, 1-2 KB more. The byte bound only matters for huge certificates (a server may
+# send anything): the cache never holds more than that much DER, and one larger is not kept.
+DECODE_CACHE_SIZE = 1024
+_DECODE_CACHE_BYTES = 4 << 20
+
+
+class TrustStore:
+    """An X509_STORE loaded once, with the certificates verified against it decoded once
+    (a bounded cache, see ``_Decoded``); safe to share between threads for verification.
+
+    ``close()`` frees both: call it only once no verification is running.
     """
 
-    __slots__ = ("_ptr", "label")
+    __slots__ = ("_decoded", "_ptr", "label")
 
-    def __init__(self, ptr: int, label: str) -> None:
+    def __init__(self, ptr: int, label: str, *, decode_cache: int = DECODE_CACHE_SIZE) -> None:
         self._ptr: int | None = ptr
         self.label = label
+        self._decoded = _Decoded(decode_cache, _DECODE_CACHE_BYTES)
 
     @classmethod
-    def load(cls, spec: str) -> TrustStore:
+    def load(cls, spec: str, *, decode_cache: int = DECODE_CACHE_SIZE) -> TrustStore:
         """``spec``: a PEM bundle, a directory (hashed or plain .pem/.crt files), "system"
         (what ``load_default_certs`` loads on Linux) or "certifi". ValueError if unusable;
-        UnsupportedPlatform (``scanner.hooks``) where verdicts cannot be given at all."""
+        UnsupportedPlatform (``scanner.hooks``) where verdicts cannot be given at all.
+        ``decode_cache``: how many decoded DER certificates to keep (0: none)."""
         lib = bind().crypto
         ptr = lib.X509_STORE_new()
         if not ptr:
@@ -125,7 +149,7 @@ class TrustStore:
             raise
         finally:
             lib.ERR_clear_error()
-        return cls(ptr, spec)
+        return cls(ptr, spec, decode_cache=decode_cache)
 
     @staticmethod
     def _fill(lib: ctypes.CDLL, ptr: int, spec: str) -> None:
@@ -160,8 +184,14 @@ class TrustStore:
 
     def close(self) -> None:
         if self._ptr is not None:
-            bind().crypto.X509_STORE_free(self._ptr)
+            lib = bind().crypto
+            lib.X509_STORE_free(self._ptr)
             self._ptr = None
+            self._decoded.clear(lib)
+
+    def decode_cache_info(self) -> DecodeCacheInfo:
+        """Hits, misses and size of the cache of decoded certificates (for tests and stats)."""
+        return self._decoded.info()
 
     def __enter__(self) -> Self:
         return self
@@ -173,6 +203,94 @@ class TrustStore:
 
     def __repr__(self) -> str:
         return f"TrustStore({self.label!r}{', closed' if self._ptr is None else ''})"
+
+
+# One lock for every store's cache: held only for a dict operation and an X509_up_ref. A fork
+# while another thread held it would leave the child's copy locked for good, so the child
+# starts with a new one. (lanes.fork_workers forks while the process is single-threaded and
+# before any verdict anyway: each worker starts with a copy of the parent's cache, empty or
+# not, whose X509s are the child's own copies, valid and referenced as in the parent.)
+_LOCK = threading.Lock()
+
+
+def _relock() -> None:
+    global _LOCK  # noqa: PLW0603
+    _LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_relock)
+
+
+class _Decoded:
+    """X509s decoded from DER, keyed by the exact bytes: an LRU bounded in count and in bytes.
+
+    The cache holds one reference to each X509 it keeps (X509_free on eviction and on
+    ``clear``); ``take`` hands out another, taken under the lock, so an eviction racing it
+    cannot free the X509 first. The caller frees that one, like a decoded or lent X509.
+
+    Sharing one X509 between verifications (and threads) is what libssl does with the
+    certificates of an SSL_CTX's store, and what lending a handshake's X509 already did:
+    X509_verify_cert keeps its state (chain built, error, depth, current certificate,
+    parameters: name, time, flags) in the X509_STORE_CTX, which is per call. What it writes
+    into a certificate is derived from the certificate alone and computed once, under the
+    X509's own lock: the extension cache (ex_flags, EXFLAG_SET: key usage, basic
+    constraints, SKID/AKID, self-issued/self-signed, signature info) and the SHA-1 hash
+    X509_cmp compares. The one write that depends on the chain, X509_get_pubkey_parameters
+    (a DSA key without parameters inherits its issuer's), cannot happen under our policies:
+    OpenSSL's verify_chain calls it only once every certificate of the built chain has
+    passed the auth-level key check (the leaf's first of all, the others' in
+    check_auth_level), and a key without parameters has no security bits, so auth level 2
+    has refused the chain by then (tests/test_verify_cache.py shows it for a leaf). Only DER
+    bytes are cached: certificate objects are lent, or (look-alikes, an unknown layout)
+    decoded each time.
+    """
+
+    __slots__ = ("_bytes", "_entries", "hits", "max_bytes", "maxsize", "misses")
+
+    def __init__(self, maxsize: int, max_bytes: int) -> None:
+        self.maxsize, self.max_bytes = maxsize, max_bytes
+        self._entries: OrderedDict[bytes, int] = OrderedDict()
+        self._bytes = 0  # DER bytes held, keys' lengths
+        self.hits = self.misses = 0
+
+    def take(self, lib: ctypes.CDLL, der: bytes, index: int) -> int:
+        """A new reference to the X509 ``der`` decodes to; ``decode``'s errors otherwise."""
+        key = der if type(der) is bytes else bytes(der)
+        with _LOCK:
+            cert = self._entries.get(key)
+            if cert is not None and lib.X509_up_ref(cert) == 1:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return cert
+            self.misses += 1
+        cert = decode(lib, key, index)  # raises as without a cache; nothing is kept then
+        if len(key) > self.max_bytes:
+            return cert
+        evicted = []
+        with _LOCK:
+            # Not if another thread decoded it meanwhile (ours then is used once and freed).
+            if key not in self._entries and lib.X509_up_ref(cert) == 1:
+                self._entries[key] = cert
+                self._bytes += len(key)
+                while len(self._entries) > self.maxsize or self._bytes > self.max_bytes:
+                    old_key, old = self._entries.popitem(last=False)
+                    self._bytes -= len(old_key)
+                    evicted.append(old)
+        for old in evicted:  # out of reach of take(): no reference can be handed out now
+            lib.X509_free(old)
+        return cert
+
+    def clear(self, lib: ctypes.CDLL) -> None:
+        with _LOCK:
+            held = list(self._entries.values())
+            self._entries.clear()
+            self._bytes = 0
+        for cert in held:
+            lib.X509_free(cert)
+
+    def info(self) -> DecodeCacheInfo:
+        with _LOCK:
+            return DecodeCacheInfo(self.hits, self.misses, len(self._entries), self.maxsize)
 
 
 def _issuer_reason(lib: ctypes.CDLL, ctx: int) -> str:
@@ -203,7 +321,8 @@ def verify_chain(
     (``scanner.hooks.unverified_chain``; the public ``get_unverified_chain`` of 3.13
     returns DER). Such an object lends the X509 the handshake already decoded, which saves
     ``d2i_X509`` (~0.3 ms a certificate under OpenSSL 3.0); the verdict is the same either
-    way. Anything else with a ``public_bytes`` like theirs is decoded from its DER.
+    way. DER bytes are decoded once per store (its cache, ``TrustStore.load``). Anything
+    else with a ``public_bytes`` like theirs is decoded from its DER, every time.
 
     ``server_name`` is what the client would pass as ``server_hostname`` (DNS name or IP
     literal); None checks the chain only and leaves ``hostname_match`` None. ``at`` (naive
@@ -224,12 +343,19 @@ def verify_chain(
     lib = ossl.crypto
     if store._ptr is None:
         raise ValueError("trust store is closed")
+    decoded = store._decoded
     certs: list[int] = []
     stack = ctx = None
     try:
         for index, item in enumerate(chain):
-            # Every entry of `certs` is a reference of our own, lent or decoded, freed below.
-            certs.append(lend(lib, item) or decode(lib, item, index))
+            # Every entry of `certs` is a reference of our own, lent, decoded or the cache's
+            # X509 up-ref'd, freed below.
+            if (cert := lend(lib, item)) == 0:
+                if decoded.maxsize > 0 and isinstance(item, bytes):
+                    cert = decoded.take(lib, item, index)
+                else:
+                    cert = decode(lib, item, index)
+            certs.append(cert)
         stack = lib.OPENSSL_sk_new_null()
         ctx = lib.X509_STORE_CTX_new()
         if not stack or not ctx:
