@@ -2,8 +2,10 @@
 
 See bench/README.md for what each number means. Regime A: every host answers, concurrency
 100. Regime B: 100 ms round trip, 5% silent hosts, 5% refused, concurrency 2000, timeout 3 s.
-Tools run alternately, `--reps` times each, each rep starting one tool further on (A B C,
-B C A, ...); the tables show medians.
+Regime L: a legacy fleet (TLS 1.0 only, CBC only, static RSA only, RSA-1024 leaf, SHA-1
+leaf), concurrency 100: every certificate must be captured, the first three kinds through
+certscan's OpenSSL fallback, the last two by rustls. Tools run alternately, `--reps` times
+each, each rep starting one tool further on (A B C, B C A, ...); the tables show medians.
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from types import FrameType
 from typing import Any
 
 from fleet import (
+    LEGACY_KINDS,
     OUT,
     Fleet,
     Nginx,
     backend_address,
     build_fleet,
+    build_legacy_fleet,
     end_process,
     server_priority,
 )
@@ -67,6 +71,7 @@ class Setting:
     fleet: Fleet
     targets_file: Path
     categories: dict[str, str]  # target -> reachable | silent | refused
+    kinds: dict[str, str]  # regime L: target -> the name of its kind of legacy server
     scratch: Path
     port: int
     certscan_args: tuple[str, ...]
@@ -94,6 +99,9 @@ class RunResult:
     reachable_ok: int = 0
     reachable_timeouts: int = 0
     validated: int | None = None  # certscan: ok records whose chain it judged trusted
+    # Regime L, per kind of server: hosts, ok, and for certscan's and goscan's records the
+    # trusted ok ones, for certscan's also the ok ones by engine ("rustls", "openssl").
+    by_kind: dict[str, dict[str, int]] = field(default_factory=dict)
     note: str = ""
 
     @property
@@ -140,7 +148,16 @@ def certscan_commands(setting: Setting, out: Path, rep: int) -> list[list[str]]:
     ]]
 
 
+def certscan_openssl_commands(setting: Setting, out: Path, rep: int) -> list[list[str]]:
+    """certscan with OpenSSL alone (no rustls first, no fallback)."""
+    return [[*command, "--engine", "openssl"] for command in
+            certscan_commands(setting, out, rep)]
+
+
 VALIDATED: dict[Path, int] = {}
+# Per output file, the ok records' facts by target: engine (certscan's records say which
+# TLS library gave them; None for goscan's) and whether the chain was judged trusted.
+OK_RECORDS: dict[Path, dict[str, tuple[str | None, bool]]] = {}
 
 
 def record_statuses(out: Path, trusted: Callable[[dict[str, Any]], bool]) -> Statuses:
@@ -148,6 +165,7 @@ def record_statuses(out: Path, trusted: Callable[[dict[str, Any]], bool]) -> Sta
     error.type, as certscan's and goscan's do; counts the ok records `trusted` accepts."""
     statuses: Statuses = []
     validated = 0
+    facts: dict[str, tuple[str | None, bool]] = {}
     if out.exists():
         for line in out.read_text().splitlines():
             try:
@@ -156,11 +174,14 @@ def record_statuses(out: Path, trusted: Callable[[dict[str, Any]], bool]) -> Sta
                 continue  # a torn last line if the run was killed
             if record.get("status") == "ok":
                 statuses.append((record["target"], "ok"))
-                validated += trusted(record)
+                is_trusted = trusted(record)
+                validated += is_trusted
+                facts[record["target"]] = (record.get("engine"), is_trusted)
             else:
                 statuses.append((record.get("target", "?"), (record.get("error") or {}).get(
                     "type", "other")))
     VALIDATED[out] = validated
+    OK_RECORDS[out] = facts
     return statuses
 
 
@@ -228,23 +249,30 @@ def stime_statuses(setting: Setting, out: Path, measurement: Measurement) -> Sta
 
 
 TOOLS = [
-    Tool("certscan", certscan_commands, certscan_statuses),
-    Tool("stdlib-threads", baseline_commands("threads"), baseline_statuses),
+    Tool("certscan", certscan_commands, certscan_statuses, regimes="ABL"),
+    # The legacy fleet only: what the fallback costs against OpenSSL for every host.
+    Tool("certscan-openssl", certscan_openssl_commands, certscan_statuses, regimes="L"),
+    Tool("stdlib-threads", baseline_commands("threads"), baseline_statuses, regimes="ABL"),
     Tool("asyncio+wait_closed", baseline_commands("asyncio", "--loop", "asyncio", "--close",
-                                                  "wait"), baseline_statuses),
+                                                  "wait"), baseline_statuses, regimes="ABL"),
     Tool("asyncio+abort", baseline_commands("asyncio", "--loop", "asyncio", "--close", "abort"),
-         baseline_statuses),
+         baseline_statuses, regimes="ABL"),
     Tool("uvloop+wait_closed", baseline_commands("asyncio", "--loop", "uvloop", "--close",
-                                                 "wait"), baseline_statuses),
+                                                 "wait"), baseline_statuses, regimes="ABL"),
     Tool("uvloop+abort", baseline_commands("asyncio", "--loop", "uvloop", "--close", "abort"),
-         baseline_statuses),
+         baseline_statuses, regimes="ABL"),
     # Go's own TLS stack, standing for Go scanners (tlsx, zgrab2); verifies with crypto/x509.
-    Tool("go-stdlib", goscan_commands, goscan_statuses, binary=GOSCAN),
-    # s_time cannot take a target list, a timeout or concurrency: regime A only.
+    Tool("go-stdlib", goscan_commands, goscan_statuses, regimes="ABL", binary=GOSCAN),
+    # s_time cannot take a target list, a timeout or concurrency: regime A only (in regime
+    # L, one host per process would measure one kind of server, not the fleet).
     Tool("openssl-s_time", stime_commands, stime_statuses, regimes="A"),
 ]
 REFERENCE, THREADS, GO = "openssl-s_time", "stdlib-threads", "go-stdlib"
-OTHERS = (REFERENCE, THREADS, GO)  # the tools certscan's ratios are printed against
+CERTSCAN_OPENSSL = "certscan-openssl"
+# The tools certscan's ratios are printed against (where they ran).
+OTHERS = (REFERENCE, THREADS, GO, CERTSCAN_OPENSSL)
+KIND_LABELS = {kind.name: kind.label for kind in LEGACY_KINDS}
+RUSTLS_KINDS = frozenset(kind.name for kind in LEGACY_KINDS if kind.rustls)
 
 
 def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
@@ -274,6 +302,7 @@ def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
         reachable=sum(1 for c in setting.categories.values() if c == "reachable"),
         reachable_ok=reachable.count("ok"), reachable_timeouts=reachable.count("timeout"),
         validated=VALIDATED.pop(out, None),
+        by_kind=by_kind(setting, statuses, OK_RECORDS.pop(out, {})),
     )
     failed = [p for p in measurement.processes if p.exit_code]
     if failed:
@@ -281,6 +310,34 @@ def run_once(tool: Tool, setting: Setting, rep: int, runner: Runner,
         result.note = f"exit {failed[0].exit_code}: " + (last_lines[-1][:200] if last_lines
                                                          else "no stderr")
     return result
+
+
+def by_kind(setting: Setting, statuses: Statuses,
+            ok_records: dict[str, tuple[str | None, bool]]) -> dict[str, dict[str, int]]:
+    """Regime L: hosts and ok targets per kind of server; for tools that write records,
+    their ok records by engine and the trusted ones."""
+    if not setting.kinds:
+        return {}
+    counts: dict[str, dict[str, int]] = {
+        kind.name: {"hosts": 0, "ok": 0} for kind in LEGACY_KINDS}
+    for kind in setting.kinds.values():
+        counts[kind]["hosts"] += 1
+    ok = {target for target, status in statuses if status == "ok" and target in setting.kinds}
+    for target in ok:
+        counts[setting.kinds[target]]["ok"] += 1
+    if ok_records:
+        engines = any(engine for engine, _ in ok_records.values())  # certscan's, not goscan's
+        for kind_counts in counts.values():
+            kind_counts.update({"rustls": 0, "openssl": 0, "trusted": 0} if engines else {
+                "trusted": 0})
+        for target, (engine, trusted) in ok_records.items():
+            if target not in setting.kinds:
+                continue
+            kind_counts = counts[setting.kinds[target]]
+            if engine in ("rustls", "openssl"):
+                kind_counts[engine] += 1
+            kind_counts["trusted"] += trusted
+    return {name: kind_counts for name, kind_counts in counts.items() if kind_counts["hosts"]}
 
 
 # --- report --------------------------------------------------------------------------------
@@ -309,6 +366,11 @@ def summarise(results: list[RunResult]) -> dict[str, dict[str, Any]]:
         row["reps"] = len(runs)
         row["failed_runs"] = [f"rep {run.rep + 1}: {run.note}" for run in runs
                               if any(run.exit_codes)]
+        if runs[0].by_kind:
+            # Regime L: the per-kind counts of the rep with the fewest ok (the first such).
+            worst = min(runs, key=lambda run: run.ok)
+            row["by_kind_worst_rep"] = worst.rep + 1
+            row["by_kind"] = worst.by_kind
         summary[tool] = row
     return summary
 
@@ -333,7 +395,8 @@ def per_rep(results: list[RunResult], key: str, tool: str, other: str) -> list[f
             if theirs[rep]]
 
 
-def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def goals(regime: Regime, summary: dict[str, dict[str, Any]],
+          results: list[RunResult]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
 
     def check(text: str, value: float | None, limit: float, higher_is_better: bool) -> None:
@@ -353,6 +416,8 @@ def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, 
               ratio(summary, "handshakes_per_s", "certscan", GO), 1.0, True)
         check("certscan CPU/handshake <= 1.25x go-stdlib",
               ratio(summary, "cpu_ms_per_handshake", "certscan", GO), 1.25, False)
+    elif regime.name == "L":
+        checks.extend(legacy_goals(results))
     elif cs is not None:
         check("certscan: every reachable target ok (worst rep, missing targets)",
               float(cs["reachable"] - cs["worst_reachable_ok"]), 0, False)
@@ -362,10 +427,101 @@ def goals(regime: Regime, summary: dict[str, dict[str, Any]]) -> list[dict[str, 
     return checks
 
 
+def legacy_goals(results: list[RunResult]) -> list[dict[str, Any]]:
+    """Regime L, judged on every rep (each line shows the worst one): certscan captures
+    every certificate, the kinds rustls cannot speak to through the OpenSSL fallback and
+    only those, the others by rustls; certscan --engine openssl captures every one too."""
+    checks: list[dict[str, Any]] = []
+
+    def kinds_named(rustls: bool) -> str:
+        return ", ".join(kind.label.split()[0] for kind in LEGACY_KINDS if kind.rustls is rustls)
+
+    def add(goal: str, misses: list[tuple[int, str]]) -> None:
+        # misses: per rep (how far from the goal, what to show); the worst rep is shown.
+        missed, shown = max(misses, key=lambda miss: miss[0])
+        checks.append({"goal": goal, "value": float(missed), "limit": 0, "shown": shown,
+                       "pass": missed == 0})
+
+    for tool, who in (("certscan", ""), (CERTSCAN_OPENSSL, ", certscan --engine openssl")):
+        runs = [run for run in results if run.tool == tool]
+        if not runs:
+            continue
+        add(f"legacy fleet{who}: every certificate captured",
+            [(run.total - run.ok, f"{run.ok}/{run.total}") for run in runs])
+        if tool != "certscan":
+            continue
+        fallback: list[tuple[int, str]] = []
+        by_rustls: list[tuple[int, str]] = []
+        for run in runs:
+            counts = run.by_kind.values()
+            expected = sum(c["hosts"] for name, c in run.by_kind.items()
+                           if name not in RUSTLS_KINDS)
+            through = sum(c.get("openssl", 0) for c in counts)
+            astray = sum(c.get("openssl", 0) for name, c in run.by_kind.items()
+                         if name in RUSTLS_KINDS)
+            fallback.append((abs(through - expected) + astray,
+                             f"{through} records, {expected} hosts"
+                             + (f"; {astray} of them of kinds {kinds_named(True)}"
+                                if astray else "")))
+            rustls_hosts = sum(c["hosts"] for name, c in run.by_kind.items()
+                               if name in RUSTLS_KINDS)
+            served = sum(c.get("rustls", 0) for name, c in run.by_kind.items()
+                         if name in RUSTLS_KINDS)
+            by_rustls.append((rustls_hosts - served, f"{served}/{rustls_hosts}"))
+        add("legacy fleet: records with engine openssl (the fallback) = hosts of kinds "
+            + kinds_named(False), fallback)
+        add(f"legacy fleet: kinds {kinds_named(True)} served by rustls", by_rustls)
+    return checks
+
+
+# Short column heads for regime L's table by kind.
+SHORT_NAMES = {CERTSCAN_OPENSSL: "cs-openssl", THREADS: "threads",
+               "asyncio+wait_closed": "aio+wait", "asyncio+abort": "aio+abort",
+               "uvloop+wait_closed": "uv+wait", "uvloop+abort": "uv+abort", GO: "go"}
+
+
+def print_kinds(summary: dict[str, dict[str, Any]]) -> None:
+    """Regime L: a line per kind of server; certscan's ok records by engine and trusted,
+    every other tool's ok targets (each tool's rep with the fewest ok)."""
+    cs = summary.get("certscan", {}).get("by_kind")
+    others = [tool for tool, row in summary.items() if tool != "certscan" and row.get("by_kind")]
+    first = summary[next(iter(summary))]["by_kind"]
+    names = [kind.name for kind in LEGACY_KINDS if kind.name in first]
+    width = max(len(KIND_LABELS[name]) for name in names)
+    heads = [SHORT_NAMES.get(tool, tool) for tool in others]
+    print("\nBy kind of server: ok targets in each tool's rep with the fewest ok; certscan's "
+          "ok records by engine, and how many it judged trusted")
+    header = f"{'kind':<{width}} {'hosts':>5}"
+    if cs:
+        header += f" {'certscan':>8} {'rustls':>6} {'openssl':>7} {'trusted':>7}"
+    header += "".join(f" {head:>{max(len(head), 5)}}" for head in heads)
+    print(header)
+    print("-" * len(header))
+
+    def line(label: str, counts: Callable[[str], dict[str, int]]) -> None:
+        text = f"{label:<{width}} {counts('')['hosts']:>5}"
+        if cs:
+            mine = counts("certscan")
+            text += (f" {mine['ok']:>8} {mine.get('rustls', 0):>6} {mine.get('openssl', 0):>7}"
+                     f" {mine.get('trusted', 0):>7}")
+        text += "".join(f" {counts(tool)['ok']:>{max(len(head), 5)}}"
+                        for tool, head in zip(others, heads, strict=True))
+        print(text)
+
+    def of(tool: str) -> dict[str, dict[str, int]]:
+        return summary[tool]["by_kind"] if tool else first
+
+    for name in names:
+        line(KIND_LABELS[name], lambda tool, name=name: of(tool).get(name, {"ok": 0, "hosts": 0}))
+    line("all", lambda tool: dict(sum((Counter(c) for c in of(tool).values()), Counter())))
+    print("cs-openssl: certscan --engine openssl; aio, uv: asyncio, uvloop; +wait: +wait_closed")
+
+
 def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
                  checks: list[dict[str, Any]], results: list[RunResult]) -> None:
     title = {"A": "Regime A: direct, every host answers",
-             "B": f"Regime B: 100 ms RTT ({regime.delay_mode}), 5% silent, 5% refused"}
+             "B": f"Regime B: 100 ms RTT ({regime.delay_mode}), 5% silent, 5% refused",
+             "L": f"Regime L: legacy fleet, direct, {len(LEGACY_KINDS)} kinds of server"}
     print(f"\n{title[regime.name]}; concurrency {regime.concurrency}, timeout "
           f"{regime.timeout:g} s; medians")
     header = (f"{'tool':<20} {'handshakes/s':>12} {'CPU ms/hs':>9} {'peak RSS MB':>11} "
@@ -392,7 +548,9 @@ def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
             reps = per_rep(results, key, "certscan", other)
             spread = (f"   (rep by rep: median {statistics.median(reps):.2f}x, "
                       f"{min(reps):.2f}-{max(reps):.2f}x)" if len(reps) > 1 else "")
-            print(f"certscan / {other:<15} {label:<13} {value:6.2f}x{spread}")
+            print(f"certscan / {other:<16} {label:<13} {value:6.2f}x{spread}")
+    if regime.name == "L" and summary:
+        print_kinds(summary)
     for tool, row in summary.items():
         for failure in row["failed_runs"]:
             print(f"{tool}: {failure} (left out of the medians)")
@@ -402,6 +560,9 @@ def print_report(regime: Regime, summary: dict[str, dict[str, Any]],
               "runs (median): throughput and timeouts are not trustworthy; rerun when quiet.")
     for item in checks:
         verdict = {True: "PASS", False: "FAIL", None: "n/a "}[item["pass"]]
+        if "shown" in item:  # a count, not a ratio: the numbers say it all
+            print(f"[{verdict}] {item['goal']} ({item['shown']})")
+            continue
         shown = "n/a" if item["value"] is None else f"{item['value']:.2f}"
         print(f"[{verdict}] {item['goal']}: {shown} (limit {item['limit']:g})")
 
@@ -528,11 +689,11 @@ def servers_for(regime: Regime, fleet: Fleet, categories: list[str], *, port: in
 
 
 def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
-    fleet = build_fleet(args.hosts)
+    fleet = build_legacy_fleet(args.hosts) if regime.name == "L" else build_fleet(args.hosts)
     scratch = OUT / f"scratch-{regime.name}"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    if regime.name == "A":
+    if regime.name in ("A", "L"):
         categories = ["reachable"] * args.hosts
     else:
         categories = ["silent" if i % SLOTS == SILENT_SLOT else
@@ -543,7 +704,10 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
     targets_file.write_text("".join(f"{t}\n" for t in targets))
     setting = Setting(
         regime=regime, fleet=fleet, targets_file=targets_file,
-        categories=dict(zip(targets, categories, strict=True)), scratch=scratch,
+        categories=dict(zip(targets, categories, strict=True)),
+        kinds=({target: kind.name for target, kind in zip(targets, fleet.kinds, strict=True)}
+               if fleet.kinds else {}),
+        scratch=scratch,
         port=args.port, certscan_args=tuple(shlex.split(args.certscan_args)),
         stime_seconds=args.stime_seconds, stime_procs=args.stime_procs,
     )
@@ -572,11 +736,14 @@ def run_regime(regime: Regime, args: argparse.Namespace) -> dict[str, Any]:
     finally:
         runner.kill_live()
     summary = summarise(results)
-    checks = goals(regime, summary)
+    checks = goals(regime, summary, results)
     print_report(regime, summary, checks, results)
     report = {
         "regime": asdict(regime), "hosts": args.hosts, "reps": args.reps,
         "environment": environment(regime), "summary": summary, "goals": checks,
+        "kinds": [{"name": kind.name, "label": kind.label, "rustls": kind.rustls,
+                   "nginx": list(kind.nginx), "hosts": list(fleet.kinds).count(kind)}
+                  for kind in LEGACY_KINDS] if fleet.kinds else [],
         "ratios": {
             f"certscan/{other}": {
                 "handshakes_per_s": ratio(summary, "handshakes_per_s", "certscan", other),
@@ -654,11 +821,20 @@ def passthrough(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def regimes(text: str) -> str:
+    """--regime: the regimes to run, in the order A, B, L."""
+    wanted = {"all": "ABL", "both": "AB"}.get(text.lower(), text.upper().replace(",", ""))
+    if not wanted or set(wanted) - set("ABL"):
+        raise argparse.ArgumentTypeError(f"{text!r}: A, B, L, several of them, both or all")
+    return "".join(name for name in "ABL" if name in wanted)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=2000)
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--regime", choices=["A", "B", "both"], default="both")
+    parser.add_argument("--regime", type=regimes, default="ABL", metavar="REGIMES",
+                        help="A, B, L or several (AL, A,L); both = AB; all = ABL (default)")
     parser.add_argument("--tools", default="", help="comma-separated subset of: "
                         + ",".join(t.name for t in TOOLS))
     parser.add_argument("--certscan-args", default="",
@@ -668,6 +844,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout-a", type=float, default=5.0)
     parser.add_argument("--concurrency-b", type=int, default=2000)
     parser.add_argument("--timeout-b", type=float, default=3.0)
+    parser.add_argument("--concurrency-l", type=int, default=100)
+    parser.add_argument("--timeout-l", type=float, default=5.0)
     parser.add_argument("--stime-seconds", type=int, default=5)
     parser.add_argument("--stime-procs", type=int, default=os.cpu_count() or 1,
                         help="openssl s_time processes (default: one per core)")
@@ -685,10 +863,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inside_netns:
         reap_stale()
     try:
-        if args.regime in ("A", "both"):
+        if "A" in args.regime:
             run_regime(Regime("A", args.concurrency_a, args.timeout_a, "none"), args)
-        if args.regime in ("B", "both"):
+        if "B" in args.regime:
             run_regime_b(args)
+        if "L" in args.regime:
+            run_regime(Regime("L", args.concurrency_l, args.timeout_l, "none"), args)
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped", file=sys.stderr)
         return 130
