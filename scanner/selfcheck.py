@@ -1,5 +1,6 @@
 """`python -m scanner.selfcheck`: run every self-test of `scanner.hooks` now and print how
-this process serves each private hook ("private", "public fallback: why", "refused: why").
+this process serves each private hook ("private", "public fallback: why", "refused: why"),
+then which handshake engine `--engine auto` would use here (engines.py).
 
 A module of its own because `python -m scanner.hooks` would run hooks.py as a second copy
 of the module the package has already imported (runpy warns about exactly that).
@@ -9,7 +10,18 @@ from __future__ import annotations
 
 import sys
 
+from .engines import rustls_missing
 from .hooks import main
 
+
+def engine_line() -> str:
+    missing = rustls_missing()
+    if missing is None:
+        return "engine auto      rustls, OpenSSL for what it cannot speak"
+    return f"engine auto      openssl ({missing})"
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    print(engine_line())
+    sys.exit(status)
