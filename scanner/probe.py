@@ -184,7 +184,9 @@ class Prober:
             if protocol is not None:
                 protocol.close()
         total = round((time.perf_counter() - started) * 1000, 3)
-        used = None if protocol is None else protocol.engine.name  # None: no TLS began
+        # The engine, once TLS began (not for a failed lookup, connect or STARTTLS dance).
+        used = (protocol.engine.name if protocol is not None and stage not in _BEFORE_TLS
+                else None)
         return Capture(ip, tls, chain, timings.freeze(total), failure, decoded, cause, used)
 
     async def _connect(self, target: Target, addresses: list[str], clock: Clock,
@@ -244,6 +246,9 @@ class Prober:
                 f"the server answered, but no handshake slot came free within "
                 f"{self._timeout:g}s: this scanner is overloaded (lower --concurrency, "
                 f"or --handshakes)")) from None
+
+
+_BEFORE_TLS = frozenset({Stage.RESOLVE, Stage.CONNECT, Stage.STARTTLS})
 
 
 class _Unanswered(Failed):

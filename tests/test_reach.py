@@ -393,3 +393,71 @@ async def test_resume_with_all_addresses_scans_only_the_missing_address(
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["ip"] for r in lines] == ["::1", v4.host]
     assert (len(v4.server_names), len(v6.server_names)) == (1, 0)
+
+
+# --- every protocol's refusal and silence, through the probe ---------------------------------
+
+MYSQL_NO_SSL = bytes.fromhex(
+    "640000000a352e352e352d31302e31312e31392d4d6172696144422d302b646562313275310004000000"
+    "767b284f3a6f444300fef7080200ff81150000000000001d000000644f3f2b585c43795b394a4a006d7973"
+    "716c5f6e61746976655f70617373776f726400")  # MariaDB 10.11 started with --skip-ssl
+XMPP_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' "
+               b"xmlns:stream='http://etherx.jabber.org/streams' id='1' from='x.test' "
+               b"version='1.0'>")
+
+# protocol -> does the server speak first?, its replies in turn (each after the client's
+# next bytes), and words the record's message must hold.
+REFUSALS: dict[str, tuple[bool, list[bytes], str]] = {
+    "imap": (True, [b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n"], "STARTTLS"),
+    "pop3": (True, [b"+OK ready\r\n", b"+OK\r\nUSER\r\nSASL PLAIN\r\n.\r\n"], "STLS"),
+    "ftp": (True, [b"220 ready\r\n", b"530 Please login with USER and PASS.\r\n"], "530"),
+    "ldap": (False, [bytes.fromhex("300c02010178070a01350400040" + "0")], "53"),
+    "postgres": (False, [b"N"], "SSL"),
+    "mysql": (True, [MYSQL_NO_SSL], "SSL"),
+    "xmpp": (False, [XMPP_HEADER + b"<stream:features><bind "
+                     b"xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"],
+             "STARTTLS"),
+}
+
+
+def scripted(speaks_first: bool, replies: list[bytes], *, then_silence: bool = False
+             ) -> Behaviour:
+    async def behaviour(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for n, reply in enumerate(replies):
+            if n or not speaks_first:
+                await reader.read(4096)
+            writer.write(reply)
+            await writer.drain()
+        await reader.read()  # then wait: silent, or the client hangs up
+        if then_silence:
+            await asyncio.sleep(3600)
+
+    return behaviour
+
+
+@pytest.mark.parametrize("protocol", sorted(REFUSALS))
+async def test_every_protocol_that_will_not_upgrade_says_so(protocol: str) -> None:
+    speaks_first, replies, words = REFUSALS[protocol]
+    async with stub(scripted(speaks_first, replies)) as server:
+        (record,) = await scan_all([f"{protocol}://{server.host}:{server.port} x.test"],
+                                   timeout=1.0)
+    error = record["error"]
+    assert (error["type"], error["stage"]) == ("starttls", "starttls"), error
+    assert words in error["message"], error["message"]
+    assert record["starttls"] == protocol and record["engine"] is None
+
+
+GREETINGS = {"imap": b"* OK ready\r\n", "pop3": b"+OK ready\r\n", "ftp": b"220 ready\r\n"}
+
+
+@pytest.mark.parametrize("protocol", sorted(REFUSALS))
+async def test_every_protocol_that_goes_silent_times_out_at_starttls(protocol: str) -> None:
+    greeting = GREETINGS.get(protocol)  # then nothing more; none at all for the rest
+    async with stub(scripted(True, [greeting] if greeting else [], then_silence=True)
+                    ) as server:
+        started = time.perf_counter()
+        (record,) = await scan_all([f"{protocol}://{server.host}:{server.port} x.test"],
+                                   timeout=0.5)
+        took = time.perf_counter() - started
+    assert (record["error"]["type"], record["error"]["stage"]) == ("timeout", "starttls")
+    assert took < 0.5 + 0.5
