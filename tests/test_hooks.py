@@ -345,5 +345,6 @@ async def test_selfcheck_prints_every_hook() -> None:
     async with asyncio.timeout(30):
         out, err = await process.communicate()
     assert (process.returncode, err) == (0, b"")
-    assert [line.split() for line in out.decode().splitlines()] == [
-        [name, "private"] for name in hooks._FRESH]
+    *lines, engine = out.decode().splitlines()
+    assert [line.split() for line in lines] == [[name, "private"] for name in hooks._FRESH]
+    assert engine.startswith("engine auto ")
