@@ -7,6 +7,8 @@ import pytest
 import trustme
 import uvloop
 
+from scanner import openssl
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item
@@ -28,3 +30,19 @@ def ca_pem(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
     ca.cert_pem.write_to_path(str(path))
     return str(path)
+
+
+@pytest.fixture
+def d2i_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the d2i_X509 calls of libcrypto's binding (one entry per call): how many
+    certificates the verdict decoded from DER."""
+    lib = openssl.bind().crypto
+    real = lib.d2i_X509
+    calls: list[int] = []
+
+    def counting(*args: object) -> object:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(lib, "d2i_X509", counting)
+    return calls

@@ -470,21 +470,6 @@ def received() -> dict[str, list[_ssl.Certificate]]:
     return {sid: pki.handshake_certificates(s) for sid, s in SCENARIOS.items()}
 
 
-@pytest.fixture
-def d2i_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts d2i_X509 calls made by verify_chain (one entry per call)."""
-    lib = openssl.bind().crypto
-    real = lib.d2i_X509
-    calls: list[int] = []
-
-    def counting(*args: object) -> object:
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(lib, "d2i_X509", counting)
-    return calls
-
-
 def _der(certs: list[_ssl.Certificate]) -> list[bytes]:
     return [c.public_bytes(_ssl.ENCODING_DER) for c in certs]
 

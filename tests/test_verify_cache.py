@@ -44,21 +44,6 @@ def stores(tmp_path: Path) -> Iterator[Callable[..., TrustStore]]:
         store.close()
 
 
-@pytest.fixture
-def d2i_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts d2i_X509 calls (one entry per call)."""
-    lib = openssl.bind().crypto
-    real = lib.d2i_X509
-    calls: list[int] = []
-
-    def counting(*args: object) -> object:
-        calls.append(1)
-        return real(*args)
-
-    monkeypatch.setattr(lib, "d2i_X509", counting)
-    return calls
-
-
 def _judge(chain: list[bytes], store: TrustStore, name: str | None,
            policy: Policy = "default") -> Verdict:
     return verify_chain(chain, store, server_name=name, policy=policy)
