@@ -8,7 +8,6 @@ it, as before the cache), with shared X509s going through every kind of verdict 
 
 from __future__ import annotations
 
-import ctypes
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ed25519
 from cryptography.utils import CryptographyDeprecationWarning
 
 import pki
-from scanner import openssl, verify
+from scanner import verify
 from scanner.verify import Policy, TrustStore, Verdict, verify_chain
 
 SCENARIOS = {s.id: s for s in pki.scenarios()}
@@ -143,46 +142,6 @@ def test_a_repeated_chain_decodes_once(
 
 # -- (3) bounded: eviction frees -------------------------------------------------------------
 
-_CRYPTO_EX_INDEX_X509 = 3  # openssl/crypto.h
-# CRYPTO_EX_free: void (*)(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
-# void *argp). Kept alive for the whole process: OpenSSL holds on to the function pointer.
-_EX_FREE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                            ctypes.c_int, ctypes.c_long, ctypes.c_void_p)
-_FREE_CALLBACKS: list[object] = []
-
-
-@pytest.fixture
-def x509_frees() -> Iterator[tuple[Callable[[int], None], list[int]]]:
-    """(mark, freed): mark(x509) tags an X509; freed lists the tagged X509s OpenSSL frees
-    (X509_free dropping the last reference), through an ex_data free callback."""
-    lib = openssl.bind().crypto
-    new_index = lib.CRYPTO_get_ex_new_index
-    new_index.restype = ctypes.c_int
-    new_index.argtypes = (ctypes.c_int, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p,
-                          ctypes.c_void_p, _EX_FREE)
-    set_ex = lib.X509_set_ex_data
-    set_ex.restype, set_ex.argtypes = ctypes.c_int, (ctypes.c_void_p, ctypes.c_int,
-                                                     ctypes.c_void_p)
-    drop_index = lib.CRYPTO_free_ex_index
-    drop_index.restype, drop_index.argtypes = ctypes.c_int, (ctypes.c_int, ctypes.c_int)
-    freed: list[int] = []
-
-    def on_free(parent: int | None, ptr: int | None, *_: object) -> None:
-        if ptr:  # only the X509s we tagged carry a value at our index
-            freed.append(parent or 0)
-
-    callback = _EX_FREE(on_free)
-    _FREE_CALLBACKS.append(callback)
-    index = new_index(_CRYPTO_EX_INDEX_X509, 0, None, None, None, callback)
-    assert index >= 0
-
-    def mark(x509: int) -> None:
-        assert set_ex(x509, index, 1) == 1
-
-    try:
-        yield mark, freed
-    finally:
-        assert drop_index(_CRYPTO_EX_INDEX_X509, index) == 1
 
 
 def _held(store: TrustStore) -> dict[bytes, int]:
