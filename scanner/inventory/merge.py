@@ -48,8 +48,8 @@ class Coverage:
         default_factory=lambda: defaultdict(Counter))
     shown: dict[int, str] = field(default_factory=dict)  # key -> how a record names it
     shards: Counter[int] = field(default_factory=Counter)  # shard count -> records naming it
-    records = 0
-    not_records = 0
+    records: int = 0
+    not_records: int = 0
 
     def missing(self, all_addresses: bool) -> Counter[int]:
         if not all_addresses:
