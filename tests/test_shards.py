@@ -223,3 +223,31 @@ async def test_the_summary_can_be_one_json_line_for_a_scheduler(tmp_path: Path) 
     assert summary["event"] == "summary" and summary["exit"] == 0
     assert summary["records"] == 1 and summary["errors_by_type"] == {"refused": 1}
     assert summary["shard"] == {"index": 0, "count": 1} and summary["stopped_by"] is None
+
+
+def test_merge_under_all_addresses_wants_each_name_once_per_address(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--all-addresses: a name has one record per address; a name with none is missing,
+    an address twice is twice."""
+    from scanner.cli import main
+
+    listing = tmp_path / "targets.txt"
+    listing.write_text("www.shard.test\nother.shard.test\n")
+
+    def record(host: str, ip: str) -> str:
+        return json.dumps({"target": host, "host": host, "port": 443, "ip": ip, "sni": host,
+                           "status": "ok", "error": None, "certificate": None, "chain": []})
+
+    good = tmp_path / "good.jsonl"
+    good.write_text("\n".join([record("www.shard.test", "192.0.2.1"),
+                               record("www.shard.test", "2001:db8::1"),
+                               record("other.shard.test", "192.0.2.2")]) + "\n")
+    assert main(["merge", str(good), "--targets", str(listing), "--all-addresses"]) == 0
+    assert "every target exactly once" in capsys.readouterr().err
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([record("www.shard.test", "192.0.2.1"),
+                              record("www.shard.test", "192.0.2.1")]) + "\n")
+    assert main(["merge", str(bad), "--targets", str(listing), "--all-addresses"]) == 3
+    err = capsys.readouterr().err
+    assert "missing 1 targets" in err and "1 records more than once" in err

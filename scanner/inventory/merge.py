@@ -54,17 +54,19 @@ class Coverage:
     def missing(self, all_addresses: bool) -> Counter[int]:
         if not all_addresses:
             return self.expected - self.seen
-        return Counter({key: wanted - min(self.by_address[key].values(), default=0)
-                        for key, wanted in self.expected.items()
-                        if min(self.by_address[key].values(), default=0) < wanted})
+        fewest = {key: min(self.by_address.get(key, Counter()).values(), default=0)
+                  for key in self.expected}
+        return Counter({key: wanted - fewest[key] for key, wanted in self.expected.items()
+                        if fewest[key] < wanted})
 
     def twice(self, all_addresses: bool) -> Counter[int]:
         if not all_addresses:
             return Counter({key: n - self.expected[key] for key, n in self.seen.items()
                             if key in self.expected and n > self.expected[key]})
-        return Counter({key: max(addresses.values()) - self.expected[key]
-                        for key, addresses in self.by_address.items()
-                        if key in self.expected and max(addresses.values()) > self.expected[key]})
+        most = {key: max(addresses.values(), default=0)
+                for key, addresses in self.by_address.items() if key in self.expected}
+        return Counter({key: n - self.expected[key] for key, n in most.items()
+                        if n > self.expected[key]})
 
     def foreign(self) -> Counter[int]:
         return Counter({key: n for key, n in self.seen.items() if key not in self.expected})
