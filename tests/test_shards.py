@@ -251,3 +251,23 @@ def test_merge_under_all_addresses_wants_each_name_once_per_address(
     assert main(["merge", str(bad), "--targets", str(listing), "--all-addresses"]) == 3
     err = capsys.readouterr().err
     assert "missing 1 targets" in err and "1 records more than once" in err
+
+
+def test_merge_names_records_from_elsewhere_and_lines_that_are_not_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from scanner.cli import main
+
+    listing = tmp_path / "targets.txt"
+    listing.write_text("192.0.2.1:443\n")
+    shard = tmp_path / "shard.jsonl"
+    rows = [{"target": t, "host": h, "port": 443, "ip": h, "sni": None, "status": "ok",
+             "error": None, "certificate": None, "chain": []}
+            for t, h in (("192.0.2.1:443", "192.0.2.1"), ("192.0.2.9:443", "192.0.2.9"))]
+    shard.write_text("\n".join(map(json.dumps, rows)) + "\nnot json\n")
+    merged = tmp_path / "merged.jsonl"
+    assert main(["merge", str(shard), "--targets", str(listing), "-o", str(merged)]) == 3
+    err = capsys.readouterr().err
+    assert "1 records for targets not in the list: 192.0.2.9:443" in err
+    assert "not a record" in err
+    assert [json.loads(line)["target"] for line in merged.read_text().splitlines()] == [
+        "192.0.2.1:443", "192.0.2.9:443"]  # kept: what the shards did is never lost
