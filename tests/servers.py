@@ -53,12 +53,15 @@ def server_context(
     *,
     maximum: ssl.TLSVersion | None = None,
     seclevel0: bool = False,
+    ciphers: str = "ALL",
 ) -> ssl.SSLContext:
+    """A server context for `cert`. seclevel0: TLS 1.0 up and `ciphers` (TLS 1.2 and
+    below) at OpenSSL's security level 0, for the legacy servers an inventory meets."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 servers, on purpose
         if seclevel0:
-            ctx.set_ciphers("ALL:@SECLEVEL=0")
+            ctx.set_ciphers(f"{ciphers}:@SECLEVEL=0")
             ctx.minimum_version = ssl.TLSVersion.TLSv1
         if maximum is not None:
             ctx.maximum_version = maximum

@@ -9,7 +9,6 @@ and a forced `rustls` reports as the failure it is.
 from __future__ import annotations
 
 import ssl
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,7 @@ from scanner.config import ConfigError, ScanConfig
 from scanner.engines import falls_back, rustls_missing
 from scanner.values import ErrorType, Failure, Stage
 from schema import checked
-from servers import fin_after_hello, garbage, raw_server, tls_server
+from servers import fin_after_hello, garbage, raw_server, server_context, tls_server
 
 pytestmark = pytest.mark.skipif(rustls_missing() is not None,
                                 reason=f"the rustls engine: {rustls_missing()}")
@@ -37,17 +36,9 @@ async def scan_one(line: str, **options: Any) -> Record:
     return record
 
 
-def legacy(cert: trustme.LeafCert, *, maximum: ssl.TLSVersion | None = None,
-           ciphers: str | None = None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0 servers, on purpose
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        if maximum is not None:
-            ctx.maximum_version = maximum
-    ctx.set_ciphers((ciphers or "ALL") + ":@SECLEVEL=0")
-    cert.configure_cert(ctx)
-    return ctx
+def legacy(cert: trustme.LeafCert, *, maximum: ssl.TLSVersion,
+           ciphers: str = "ALL") -> ssl.SSLContext:
+    return server_context(cert, maximum=maximum, seclevel0=True, ciphers=ciphers)
 
 
 LEGACY: dict[str, Callable[[trustme.CA], ssl.SSLContext]] = {
