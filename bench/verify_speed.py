@@ -7,7 +7,10 @@
 The chain is what a server sends (leaf first, then any intermediates in --cert). The
 Certificate objects come from a real in-memory handshake (ssl.MemoryBIO) with a server
 serving --cert/--key, as the scanner's probe gets them: ``_sslobj.get_unverified_chain()``.
-Also printed, for scale: ``d2i_X509`` alone per certificate, and ``X509_verify`` of the leaf
+DER is timed two ways: decoded at every call (a store without a decode cache: what a new
+leaf costs) and from the store's cache (a repeat), and the decoded one again with plain
+``d2i_X509`` keys (without ``scanner.openssl._LegacyKeys``, which OpenSSL 3.0/3.1 use).
+Also printed, for scale: decoding the leaf alone both ways, and ``X509_verify`` of the leaf
 by its issuer's key (the signature check, a floor no verification gets under). Best of
 --reps runs of --calls calls each; a number, not a test.
 """
@@ -18,6 +21,7 @@ import _ssl
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import os
 import platform
 import ssl
@@ -29,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from scanner import openssl  # noqa: E402
+from scanner import hooks, openssl  # noqa: E402
 from scanner.verify import TrustStore, verify_chain  # noqa: E402
 
 FLEET = HERE / "out" / "fleet"
@@ -102,33 +106,52 @@ def main() -> None:
     certs = handshake_chain(cert, key, name)
     ders = [c.public_bytes(_ssl.ENCODING_DER) for c in certs]
     store = TrustStore.load(str(ca))
+    uncached = TrustStore.load(str(ca), decode_cache=0)  # every DER certificate decoded
+    bound = openssl.bind()
+    plain = dataclasses.replace(bound, legacy_keys=None)
     try:
         from_der = verify_chain(ders, store, server_name=name)
         from_certs = verify_chain(certs, store, server_name=name)
         assert from_der == from_certs, (from_der, from_certs)
-        lent = openssl._LAYOUT.get("ok")
+        verify_chain(certs, store, server_name=name)  # settles the lending self-test
+        lent = hooks._LAYOUT.get("ok")
         print(f"Python {platform.python_version()}, {ssl.OPENSSL_VERSION}, pid {os.getpid()}")
         print(f"chain: {len(ders)} certificate(s) from {cert}, name {name!r}: "
               f"trusted={from_der.trusted} reason={from_der.reason}")
         print(f"Certificate objects lend their X509: {lent}")
-        der_ms = per_call(lambda: verify_chain(ders, store, server_name=name),
+        print(f"DER certificates' keys: {bound.legacy_keys_why}")
+        der_ms = per_call(lambda: verify_chain(ders, uncached, server_name=name),
                           args.calls, args.reps)
+        cached_ms = per_call(lambda: verify_chain(ders, store, server_name=name),
+                             args.calls, args.reps)
         obj_ms = per_call(lambda: verify_chain(certs, store, server_name=name),
                           args.calls, args.reps)
-        print(f"verify_chain, DER bytes:            {der_ms:7.3f} ms/call")
-        print(f"verify_chain, _ssl.Certificate:     {obj_ms:7.3f} ms/call"
-              f"   ({der_ms / obj_ms:.1f}x)")
-        lib = openssl.bind().crypto
+        print(f"verify_chain, DER bytes (decoded):  {der_ms:7.3f} ms/call   (a new leaf)")
+        with contextlib.ExitStack() as stack:
+            stack.callback(setattr, openssl, "bind", openssl.bind)
+            openssl.bind = lambda: plain  # type: ignore[assignment]
+            plain_ms = per_call(lambda: verify_chain(ders, uncached, server_name=name),
+                                args.calls, args.reps)
+        print(f"  the same, plain d2i_X509 keys:    {plain_ms:7.3f} ms/call")
+        print(f"verify_chain, DER bytes (cached):   {cached_ms:7.3f} ms/call   (a repeat)")
+        print(f"verify_chain, _ssl.Certificate:     {obj_ms:7.3f} ms/call")
+        lib = bound.crypto
 
         def d2i() -> None:
+            lib.X509_free(openssl.decode(lib, ders[0], 0))
+
+        def plain_d2i() -> None:
             cursor = ctypes.c_char_p(ders[0])
             lib.X509_free(lib.d2i_X509(None, ctypes.byref(cursor), len(ders[0])))
 
-        print(f"  for scale: d2i_X509 of the leaf:  {per_call(d2i, args.calls, args.reps):7.3f}"
+        print(f"  for scale: decoding the leaf:     {per_call(d2i, args.calls, args.reps):7.3f}"
               " ms")
+        print(f"  for scale: plain d2i_X509:        "
+              f"{per_call(plain_d2i, args.calls, args.reps):7.3f} ms")
         print(f"  for scale: leaf signature check:  {signature_ms(lib, ders, ca, args):7.3f} ms")
     finally:
         store.close()
+        uncached.close()
 
 
 def signature_ms(lib: ctypes.CDLL, ders: list[bytes], ca: Path, args: argparse.Namespace

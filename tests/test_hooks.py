@@ -345,6 +345,7 @@ async def test_selfcheck_prints_every_hook() -> None:
     async with asyncio.timeout(30):
         out, err = await process.communicate()
     assert (process.returncode, err) == (0, b"")
-    *lines, engine = out.decode().splitlines()
+    *lines, engine, keys = out.decode().splitlines()
     assert [line.split() for line in lines] == [[name, "private"] for name in hooks._FRESH]
     assert engine.startswith("engine auto ")
+    assert keys == f"verdict keys     {openssl.bind().legacy_keys_why}"
