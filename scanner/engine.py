@@ -15,6 +15,7 @@ a record answers (docs/architecture.md, "The engine").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,6 +133,14 @@ class Scan:
     async def results(self) -> AsyncGenerator[Result, None]:
         """Each job's tag with its record, in completion order. Raises, after the records
         of the jobs already taken, what the job stream raised (an InputError)."""
+        async with contextlib.aclosing(self.batches()) as batches:
+            async for batch in batches:
+                for result in batch:
+                    yield result
+
+    async def batches(self) -> AsyncGenerator[list[Result], None]:
+        """`results()` in batches: every record ready at once comes as one list (one hop
+        through each layer above for all of them, not one per record)."""
         config = self._config
         resolver = make_resolver(config.resolver, config.resolver_threads, config.nameservers)
         limiter = self._limiter = RateLimiter(config.rate) if config.rate else None
@@ -188,8 +197,16 @@ class Scan:
         closer = asyncio.create_task(close_results())
         tasks = [producer, *workers, closer]
         try:
-            while (result := await results.get()) is not None:
-                yield result
+            ended = False
+            while not ended and (result := await results.get()) is not None:
+                batch = [result]
+                while not results.empty():
+                    more = results.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    batch.append(more)
+                yield batch
             if failure:
                 raise failure[0]
         finally:

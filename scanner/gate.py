@@ -65,6 +65,13 @@ class HandshakeGate:
     async def __aexit__(self, *exc: object) -> None:
         self.release()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now, without waiting (False: `acquire` must wait)."""
+        if self._active >= self.limit or self._waiters or self._granted >= self._per_turn:
+            return False
+        self._grant()
+        return True
+
     async def acquire(self) -> None:
         """Wait for a slot. Cancelled while waiting, it holds none."""
         if self._active >= self.limit or self._waiters or self._granted >= self._per_turn:

@@ -237,6 +237,8 @@ class Prober:
             return _HandshakeProtocol(self._fallback, name, loop, dance)
 
     async def _take_slot(self) -> None:
+        if self._gate.try_acquire():  # a free slot: no wait, so no timer to set and cancel
+            return
         try:
             async with asyncio.timeout(self._timeout):
                 await self._gate.acquire()

@@ -99,3 +99,18 @@ async def test_slots_are_handed_out_a_few_per_turn_of_the_loop() -> None:
     assert len(entered) == 300
     assert per_turn <= 12  # 50 ms of turn at the 4 ms prior; none measured yet
     assert len(set(entered)) >= 300 // 12
+
+
+async def test_try_acquire_takes_only_a_free_slot_and_never_jumps_the_queue() -> None:
+    gate = HandshakeGate(2, budget=1.0, fixed=True)
+    assert gate.try_acquire() and gate.try_acquire()
+    assert not gate.try_acquire()  # both slots held
+    waiter = asyncio.ensure_future(gate.acquire())
+    await asyncio.sleep(0)
+    gate.release()  # the slot goes to the waiter, not to a later try_acquire
+    assert not gate.try_acquire()
+    await waiter
+    gate.release()
+    gate.release()
+    await asyncio.sleep(0)  # a new turn of the loop: its per-turn grants start again
+    assert gate.try_acquire()
