@@ -20,7 +20,7 @@ from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from .assess import assess
+from .assess import assess_all
 from .config import ScanConfig
 from .engines import engines
 from .errors import Stage, internal
@@ -28,8 +28,8 @@ from .probe import Prober
 from .record import bad_line_record, error_record
 from .resolve import make_resolver
 from .targets import BadLine, Target
-from .values import Record
-from .verify import TrustStore
+from .values import Capture, Record
+from .verify import Policy, TrustStore
 
 _DONE = None  # sentinel on both queues
 GRACE = 2.0  # seconds a stopped scan gives its in-flight targets before dropping them
@@ -93,6 +93,40 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+class _Assessor:
+    """Judges the captures of one turn of the loop together (`assess.assess_all`): the
+    probes that finish in a turn (the handshake gate hands out slots a few per turn) wait
+    for the end of it, then are judged stage by stage, which keeps each stage's code in
+    the CPU's caches. A waiter cancelled meanwhile (a stop) is skipped."""
+
+    def __init__(self, store: TrustStore | None, policy: Policy) -> None:
+        self._store = store
+        self._policy = policy
+        self._pending: list[tuple[Target, Capture, asyncio.Future[Record]]] = []
+
+    def assess(self, target: Target, capture: Capture) -> asyncio.Future[Record]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Record] = loop.create_future()
+        if not self._pending:
+            loop.call_soon(self._run)
+        self._pending.append((target, capture, future))
+        return future
+
+    def _run(self) -> None:
+        batch = [item for item in self._pending if not item[2].done()]
+        self._pending = []
+        try:
+            records = assess_all([(target, capture) for target, capture, _ in batch],
+                                 now=datetime.now(UTC), store=self._store,
+                                 policy=self._policy)
+        except Exception as exc:  # a bug of ours: each waiter makes its `internal` record
+            for _, _, future in batch:
+                future.set_exception(exc)
+            return
+        for (_, _, future), record in zip(batch, records, strict=True):
+            future.set_result(record)
+
+
 class Scan:
     """One scan over a stream of jobs. Iterate `results()` once; `stop()` ends it early.
 
@@ -114,6 +148,7 @@ class Scan:
         self._grace = grace
         self._in_flight: list[asyncio.Task[None]] = []  # the producer and the workers
         self._limiter: RateLimiter | None = None
+        self._assessor = _Assessor(store, config.verify_policy)
         self.stopped_early = False
 
     def stop(self) -> None:
@@ -220,8 +255,7 @@ class Scan:
         """The target's record; None when the scan stopped before the target started."""
         try:
             capture = await prober.probe(target)
-            return assess(target, capture, now=datetime.now(UTC), store=self._store,
-                          policy=self._config.verify_policy)
+            return await self._assessor.assess(target, capture)
         except Stopped:
             return None
         except asyncio.CancelledError:
