@@ -1,6 +1,10 @@
 """The command line: `certscan scan ...` (arguments -> ScanConfig, then run) and the
-inventory tools on result files (`diff`, `report`, `metrics`: each in scanner/inventory/,
-which adds its own subcommand). No scan logic lives here."""
+inventory tools on result files (`diff`, `report`, `metrics`, `merge`: each in
+scanner/inventory/, which adds its own subcommand). No scan logic lives here.
+
+A scan imports only what a scan runs: the inventory tools are imported when the command
+line names one (or asks for the list), and --fail-on's module when it is given. Every run
+pays for what is imported at start-up (tests/test_startup.py holds the line)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import (
@@ -29,8 +34,6 @@ from .config import (
 )
 from .engine import GRACE
 from .hooks import UnsupportedPlatform
-from .inventory import diff, merge, metrics, report
-from .inventory.alerts import EXIT_ALERT, Alarm, FailOn
 from .keys import parse_shard, select
 from .lanes import Router, Worker, fork_workers, open_lanes, share_of
 from .progress import Progress
@@ -40,6 +43,9 @@ from .sink import Output, OutputError, repair_and_index, skip_done
 from .targets import InputError, TargetError, parse_server_name, read_targets
 from .values import Shard
 from .verify import TrustStore
+
+if TYPE_CHECKING:
+    from .inventory.alerts import FailOn
 
 EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # the reader went away: what `cat` would exit with
@@ -73,7 +79,9 @@ def _alpn(text: str) -> tuple[str, ...]:
     return parse_alpn(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, tools: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `tools`, `scan` alone (main() leaves the inventory
+    tools out of a command line that starts with `scan`: it can never reach them)."""
     parser = argparse.ArgumentParser(
         prog="certscan", description="Bulk TLS certificate scanner: one JSON line per target."
     )
@@ -156,11 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--fail-on", metavar="CONDITIONS",
                       help="exit 3 when any of these holds for a record, naming the counts: "
                            "expired, untrusted, expiring:14d, error (comma-separated)")
-    # The inventory tools, on result files: each module adds its own subcommand.
+    if tools:
+        _add_tools(commands)
+    return parser
+
+
+def _add_tools(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The inventory tools, on result files: each module adds its own subcommand."""
+    # Lazy: these modules (and sqlite3, csv, html, ... behind them) are not a scan's.
+    from .inventory import diff, merge, metrics, report
+
     for tool in (diff, report, metrics, merge):
         tool.add_parser(commands)
         commands.choices[tool.__name__.rsplit(".", 1)[1]].set_defaults(run=tool.run)
-    return parser
 
 
 def _config(args: argparse.Namespace) -> ScanConfig:
@@ -292,7 +308,12 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
     share = share_of(config, len(workers) + 1)
     run = Router(items, await open_lanes(share, plan.store, workers), cap=share.concurrency * 2)
     progress = Progress(enabled=not args.quiet, stream=sys.stderr)
-    alarm = None if plan.fail_on is None else Alarm(plan.fail_on, now=datetime.now(UTC))
+    alarm = None
+    if plan.fail_on is not None:
+        # Lazy, as in _fail_on: a scan needs the inventory's alerts only for --fail-on.
+        from .inventory.alerts import EXIT_ALERT, Alarm
+
+        alarm = Alarm(plan.fail_on, now=datetime.now(UTC))
     received: list[int] = []
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -363,8 +384,9 @@ async def _scan(args: argparse.Namespace, plan: _Plan) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     closed = reserve_standard_fds()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(tools=arguments[:1] != ["scan"])
+    args = parser.parse_args(arguments)
     if args.command != "scan":
         try:
             code: int = args.run(args)
@@ -410,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _fail_on(text: str | None, *, allowed: tuple[str, ...]) -> FailOn | None:
     if text is None:
         return None
+    # Lazy: the inventory's alerts module is a scan's only with --fail-on.
+    from .inventory.alerts import FailOn
+
     try:
         return FailOn.parse(text, allowed=allowed)
     except ValueError as exc:

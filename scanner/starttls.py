@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import abc
 import re
-import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Callable
-from typing import ClassVar, Generic, NamedTuple, TypeVar
-from xml.parsers import expat
-from xml.sax.saxutils import escape
+from typing import TYPE_CHECKING, ClassVar, Generic, NamedTuple, TypeVar
+
+# The XML modules are XMPPDance's alone, imported where it uses them: every scan imports
+# this module, few speak XMPP (and xml.sax.saxutils brings in urllib.request and email).
+if TYPE_CHECKING:
+    import xml.etree.ElementTree as ET
 
 # Bytes a server may send before the upgrade: greetings and capability lists are a few
 # hundred bytes; past this the server is not speaking the protocol (or is a tarpit).
@@ -686,6 +688,9 @@ class XMPPDance(_Dialogue[_Stanza]):
     _label = "XMPP"
 
     def __init__(self, server_name: str) -> None:
+        import xml.etree.ElementTree as ET  # lazy: XMPP only (see the imports)
+        from xml.parsers import expat
+
         super().__init__(server_name, "stream header", self._header)
         self._stream = bytearray()  # all the server sent, as expat's byte offsets count
         self._began = 0  # where the latest child of the root starts
@@ -707,11 +712,15 @@ class XMPPDance(_Dialogue[_Stanza]):
             self._parser.SetReparseDeferralEnabled(False)
 
     def start(self) -> bytes:
+        from xml.sax.saxutils import escape  # lazy: XMPP only (see the imports)
+
         to = escape(self.server_name, {"'": "&apos;", '"': "&quot;"})
         return ("<?xml version='1.0'?><stream:stream to='" + to + "' xmlns='jabber:client' "
                 "xmlns:stream='http://etherx.jabber.org/streams' version='1.0'>").encode()
 
     def _read(self) -> _Stanza | None:
+        from xml.parsers import expat  # lazy: XMPP only (see the imports)
+
         if self._buffer and self._ended is None:
             data = bytes(self._buffer)
             self._buffer.clear()
@@ -734,6 +743,8 @@ class XMPPDance(_Dialogue[_Stanza]):
         return bytes(self._stream[self._began:] + self._buffer)
 
     def _opened(self, name: str, attributes: dict[str, str]) -> None:
+        import xml.etree.ElementTree as ET  # lazy: XMPP only (see the imports)
+
         self._depth += 1
         tag, attrib = _clark(name), {_clark(key): value for key, value in attributes.items()}
         at = self._parser.CurrentByteIndex

@@ -29,7 +29,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiofiles
-import idna
 
 from .starttls import DANCES
 from .values import Shard
@@ -118,6 +117,10 @@ class BadLine:
 
 def normalise_hostname(name: str) -> str:
     """IDNA-encode (UTS #46, as browsers do) and lower-case a DNS name, or raise TargetError."""
+    # Lazy: idna and its tables are for lines that name a host; a list of addresses and
+    # CIDR blocks never needs them.
+    import idna
+
     name = name.rstrip(".")
     if not name:
         raise TargetError("empty host name")
