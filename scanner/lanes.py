@@ -34,10 +34,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from . import engines
 from .config import ScanConfig
 from .engine import Job, Scan
 from .record import bad_line_record, error_record
-from .runtime import run_with_loop
+from .runtime import loop_factory, run_with_loop
 from .sink import Output, OutputError
 from .targets import BadLine, Target
 from .values import ErrorType, Failure, Stage
@@ -97,9 +98,9 @@ class LocalLane:
         self.close()
 
     async def results(self) -> AsyncGenerator[Results, None]:
-        async with contextlib.aclosing(self._scan.results()) as results:
-            async for tag, record in results:
-                yield [(tag, Line.of(record))]
+        async with contextlib.aclosing(self._scan.batches()) as batches:
+            async for batch in batches:
+                yield [(tag, Line.of(record)) for tag, record in batch]
 
     def kill(self) -> None:
         pass  # its tasks end with the loop's: cancelled by the router's teardown
@@ -348,16 +349,18 @@ def fork_workers(count: int, share: ScanConfig, store: TrustStore | None, *,
     `close_in_child`: a descriptor of the parent's (its output) that workers must not hold.
     """
     parent = os.getpid()
+    _settle(share)
     # Move everything imported so far out of the collector's reach: a collection in a
     # worker would otherwise write to every object's header and copy the parent's pages
     # one by one (the gc module docs' advice for pre-fork servers).
     gc.freeze()
     workers: list[Worker] = []
+    pipe_size = _pipe_max_size()
     for index in range(1, count + 1):  # 0 is the parent's own loop
         targets_r, targets_w = os.pipe()
         records_r, records_w = os.pipe()
-        _widen(targets_w)
-        _widen(records_w)
+        _widen(targets_w, pipe_size)
+        _widen(records_w, pipe_size)
         pid = os.fork()
         if pid == 0:  # the child: never returns into the parent's code
             code = 1
@@ -409,20 +412,44 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
             batch.clear()
 
     try:
-        async with contextlib.aclosing(scan.results()) as results:
-            async for tag, record in results:
+        async with contextlib.aclosing(scan.batches()) as results:
+            async for ready in results:
                 if not batch:
                     loop.call_soon(flush)
                     await out.room()
-                batch.append(record_frame(tag, Line.of(record)))
+                batch.extend(record_frame(tag, Line.of(record)) for tag, record in ready)
         flush()
         await out.drain()
     finally:
         out.close()
 
 
-def _widen(pipe: int) -> None:
-    """Give a pipe the most room an unprivileged process may (1 MiB by default, not 64 KiB).
+def _settle(share: ScanConfig) -> None:
+    """What each event loop would otherwise do for itself as it starts, done once here,
+    before the fork, for the workers to inherit: importing the loop (uvloop) and, for an
+    engine that may use rustls, rtls with its check (engines.rustls_missing, cached). Each
+    worker would otherwise spend ~20 ms of CPU on them again. An ImportError of --loop
+    uvloop is left to be reported where it was: by the parent's run_with_loop."""
+    with contextlib.suppress(ImportError):
+        loop_factory(share.loop)
+    if share.engine != "openssl":
+        engines.rustls_missing()  # cached: each process's Scan asks it again, for free
+
+
+def _pipe_max_size() -> int | None:
+    """The most room an unprivileged process may give a pipe (None: unknown, or not Linux)."""
+    if getattr(fcntl, "F_SETPIPE_SZ", None) is None:  # Linux only
+        return None
+    try:
+        with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _widen(pipe: int, size: int | None) -> None:
+    """Give a pipe `size` bytes of room, the most an unprivileged process may
+    (_pipe_max_size: 1 MiB by default, not 64 KiB).
 
     A worker's writer thread blocks on a full pipe, and its records then wait (its loop
     does not); the parent, scanning its own share, reads only between handshakes. A wide
@@ -430,15 +457,10 @@ def _widen(pipe: int) -> None:
     of targets (a thousand at concurrency 2000) in one write, so that the worker starts
     them all at once instead of as the busy parent finds time to write.
     """
-    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
-    if setpipe is None:
+    if size is None:
         return
-    try:
-        with open("/proc/sys/fs/pipe-max-size", encoding="ascii") as limit:
-            size = int(limit.read())
-        fcntl.fcntl(pipe, setpipe, size)
-    except (OSError, ValueError):
-        pass  # the default size still works, only with less slack
+    with contextlib.suppress(OSError):  # the default size still works, with less slack
+        fcntl.fcntl(pipe, fcntl.F_SETPIPE_SZ, size)
 
 
 def _die_with_parent(parent: int) -> None:
