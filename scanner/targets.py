@@ -17,13 +17,14 @@ which the scan turns into an `invalid_target` record; it never stops the scan.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import functools
 import ipaddress
 import queue
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -376,6 +377,15 @@ class _ReadThread(concurrent.futures.Executor):
         self._jobs.put(None)
 
 
+_CLOSES: set[asyncio.Task[None]] = set()  # closes not waited for (see read_lines)
+
+
+def _closing(close: Coroutine[Any, Any, None]) -> None:
+    task = asyncio.ensure_future(close)
+    _CLOSES.add(task)
+    task.add_done_callback(_CLOSES.discard)
+
+
 async def read_lines(path: str) -> AsyncIterator[str]:
     """Stream the lines of a file ("-": standard input) without loading it whole.
 
@@ -394,7 +404,8 @@ async def read_lines(path: str) -> AsyncIterator[str]:
             if path == "-"
             else aiofiles.open(path, "rb", executor=reads)
         )
-        async with opened as stream:
+        stream = await opened
+        try:
             pending = b""
             bom_checked = False
             while True:
@@ -413,6 +424,13 @@ async def read_lines(path: str) -> AsyncIterator[str]:
                         yield raw.decode("utf-8", errors="replace")
             if pending:
                 yield pending.decode("utf-8", errors="replace")
+        except BaseException:
+            # A stop (or a failure) may come while a read still waits on the reader thread:
+            # a producer that stalls without closing its end. The close is queued behind
+            # that read and not waited for, or the stop would wait as long as the producer.
+            _closing(stream.close())
+            raise
+        await stream.close()
     except OSError as exc:
         raise InputError(f"target list {name}: {exc.strerror or exc}") from None
     finally:

@@ -451,3 +451,31 @@ async def test_no_target_waits_for_a_slot_past_its_bound() -> None:
     assert max(r["timing_ms"]["total"] for r in records) <= 2 * 1000 + 300
     assert wall < 2 * 1 + 1
     assert any("no handshake slot" in r["error"]["message"] for r in records)
+
+
+@pytest.mark.parametrize("source", ["stdin", "fifo"])
+async def test_a_target_list_that_never_sends_does_not_block_a_stop(
+    tmp_path: Path, source: str
+) -> None:
+    # A producer that opened the list and then stalls, sending nothing and never closing:
+    # the read waits on certscan's reader thread; a stop must not wait for it.
+    read_end, write_end = os.pipe()
+    fifo = tmp_path / "targets.fifo"
+    os.mkfifo(fifo)
+    holder = None
+    try:
+        if source == "stdin":
+            process = await asyncio.create_subprocess_exec(
+                CERTSCAN, "scan", "-", "-q", stdin=read_end,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        else:
+            process = await _started(["scan", str(fifo), "-q"],
+                                     stdout=asyncio.subprocess.DEVNULL)
+            holder = os.open(fifo, os.O_WRONLY)  # the writer that never writes
+        await asyncio.sleep(1)
+        assert process.returncode is None  # waiting for lines, as it should
+        assert await _stops_within(process, 6) == 128 + signal.SIGTERM
+    finally:
+        for fd in (read_end, write_end, holder):
+            if fd is not None:
+                os.close(fd)
