@@ -20,17 +20,19 @@ Latin-1 in a T61String, so names are decoded here and a refused certificate is r
 its names blanked; and it parses all extensions at once, so an extension fact is re-read
 alone when another extension is malformed. Both paths decode names without building
 x509.Name objects (several times slower), and bounded caches keep what repeats across
-targets (issuer names, intermediate certificates).
+targets (issuer names, names' attributes, extensions, intermediate certificates).
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
+import struct
 import warnings
+from binascii import b2a_base64
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from hashlib import sha1, sha256
 from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
 from .der import (
@@ -39,7 +41,6 @@ from .der import (
     Layout,
     Name,
     NotSimple,
-    Simple,
     attributes,
     decode_name,
     dotted_oid,
@@ -70,9 +71,20 @@ _DAY = timedelta(days=1)
 
 def der_to_pem(der: bytes) -> str:
     """PEM text for any bytes; they need not parse."""
-    text = base64.b64encode(der).decode("ascii")
-    body = "".join([text[i:i + 64] + "\n" for i in range(0, len(text), 64)])
-    return f"-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n"
+    text = b2a_base64(der, newline=False)
+    full, rest = divmod(len(text), 64)
+    # Lines of 64 characters, cut by one call rather than a loop (but for hostile sizes).
+    lines = _pem_lines(full)(text) if full <= 128 else [
+        text[i:i + 64] for i in range(0, 64 * full, 64)]
+    body = b"\n".join([*lines, text[-rest:]] if rest else lines).decode()
+    return f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n" if body else (
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+
+
+@functools.lru_cache(maxsize=129)  # all there are
+def _pem_lines(count: int) -> Callable[[bytes], tuple[bytes, ...]]:
+    """What cuts the first `count` lines of 64 characters out of base64 text."""
+    return struct.Struct("64s" * count).unpack_from
 
 
 def certificate_facts(der: bytes, *, now: datetime) -> dict[str, object]:
@@ -118,70 +130,50 @@ def _facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str,
 
 def _fast_facts(der: bytes, keys: tuple[str, ...], now: datetime | None) -> dict[str, object]:
     """The facts of a certificate the strict walk vouches for, as _slow_facts gives them;
-    raises NotSimple (or IndexError) for any other."""
-    certificate = _Plain(bytes(der), now)
-    return {key: _PLAIN_READERS[key](certificate) for key in keys}
+    raises NotSimple (or IndexError) for any other.
 
-
-class _Plain:
-    """One certificate as the strict walk reads it."""
-
-    __slots__ = ("der", "issuer", "now", "parts", "subject")
-
-    def __init__(self, der: bytes, now: datetime | None) -> None:
-        self.der, self.now = der, now
-        self.parts: Simple = simple_certificate(der)
-        # Issuers repeat across targets, leaves' subjects do not: keep only issuers.
-        self.subject, self.issuer = read_name(self.parts.subject), decode_name(self.parts.issuer)
-        # The names' shape matters, not their strings: a certificate that cryptography
-        # refuses over a string ('*' in a PrintableString) the slow path reads with its names
-        # blanked, to the same facts. A name of another shape might be refused even so.
-        if not (self.subject.simple and self.issuer.simple):
-            raise NotSimple
-
-
-def _plain_san(parts: Simple) -> dict[str, list[str]]:
-    value = parts.extensions.get(SAN_OID)
-    return {"dns": [], "ip": [], "email": [], "uri": []} if value is None else (
-        subject_alt_names(value))
-
-
-def _plain_is_ca(parts: Simple) -> bool:
-    value = parts.extensions.get(BASIC_CONSTRAINTS_OID)
-    return value is not None and is_ca(value)
-
-
-def _plain_key(parts: Simple) -> dict[str, object]:
-    kind, bits, curve = public_key(parts.key_algorithm, parts.public_key)
-    return {"type": kind, "bits": bits, "curve": curve}
-
-
-def _not_self_issued(certificate: _Plain) -> bool:
-    """False when the names differ. A certificate whose names match may be self-signed,
-    which a signature check decides: the slow path's."""
-    if certificate.parts.issuer == certificate.parts.subject or (
-            certificate.issuer.rdns == certificate.subject.rdns):
+    One function, no table of readers: it runs for every scanned target."""
+    der = bytes(der)
+    (serial, issuer_der, subject_der, not_before, not_after, expires, spki, key_algorithm,
+     key_bits, signature_algorithm, extensions) = simple_certificate(der)
+    # Issuers repeat across targets, leaves' subjects do not: keep only issuers.
+    subject, issuer = read_name(subject_der), decode_name(issuer_der)
+    # The names' shape matters, not their strings: a certificate that cryptography refuses
+    # over a string ('*' in a PrintableString) the slow path reads with its names blanked,
+    # to the same facts. A name of another shape might be refused even so.
+    if not (subject.simple and issuer.simple):
         raise NotSimple
-    return False
-
-
-_PLAIN_READERS: dict[str, Callable[[_Plain], object]] = {  # as _READERS, key for key
-    "pem": lambda c: der_to_pem(c.der),
-    "sha256": lambda c: hashlib.sha256(c.der).hexdigest(),
-    "sha1": lambda c: hashlib.sha1(c.der).hexdigest(),
-    "spki_sha256": lambda c: hashlib.sha256(c.parts.spki).hexdigest(),
-    "serial": lambda c: serial_hex(c.parts.serial),
-    "subject": lambda c: c.subject.facts(),
-    "issuer": lambda c: c.issuer.facts(),
-    "san": lambda c: _plain_san(c.parts),
-    "not_before": lambda c: c.parts.not_before,
-    "not_after": lambda c: c.parts.not_after,
-    "days_left": lambda c: (c.parts.expires - _utc(_need(c.now))) // _DAY,
-    "key": lambda c: _plain_key(c.parts),
-    "signature_algorithm": lambda c: c.parts.signature_algorithm,
-    "self_signed": _not_self_issued,
-    "is_ca": lambda c: _plain_is_ca(c.parts),
-}
+    if keys == _CHAIN_KEYS:
+        return {"pem": der_to_pem(der), "sha256": sha256(der).hexdigest(),
+                "subject": {"rfc4514": subject.rfc4514, "cn": subject.cn},
+                "issuer": {"rfc4514": issuer.rfc4514, "cn": issuer.cn},
+                "not_after": not_after}
+    # A certificate whose names match may be self-signed, which a signature check decides:
+    # the slow path's. Simple names with equal RDNs have equal RFC 4514 strings, so names
+    # whose strings differ differ (equal strings of names that differ, rare, go there too).
+    if issuer_der == subject_der or subject.rfc4514 == issuer.rfc4514:
+        raise NotSimple
+    kind, bits, curve = public_key(key_algorithm, key_bits)
+    san, constraints = extensions.get(SAN_OID), extensions.get(BASIC_CONSTRAINTS_OID)
+    facts: dict[str, object] = {  # as _READERS, key for key
+        "pem": der_to_pem(der),
+        "sha256": sha256(der).hexdigest(),
+        "sha1": sha1(der).hexdigest(),
+        "spki_sha256": sha256(spki).hexdigest(),
+        "serial": serial_hex(serial),
+        "subject": {"rfc4514": subject.rfc4514, "cn": subject.cn},  # as Name.facts()
+        "issuer": {"rfc4514": issuer.rfc4514, "cn": issuer.cn},
+        "san": {"dns": [], "ip": [], "email": [], "uri": []} if san is None else (
+            subject_alt_names(san)),
+        "not_before": not_before,
+        "not_after": not_after,
+        "days_left": (expires - _utc(_need(now))) // _DAY,
+        "key": {"type": kind, "bits": bits, "curve": curve},
+        "signature_algorithm": signature_algorithm,
+        "self_signed": False,
+        "is_ca": constraints is not None and is_ca(constraints),
+    }
+    return facts if keys == _FACT_KEYS else {key: facts[key] for key in keys}
 
 
 # --- the slow path: cryptography ---

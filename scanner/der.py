@@ -12,7 +12,11 @@ The strict walk (`simple_certificate`) exists for speed: building cryptography's
 costs several times more than reading the few facts we report. It accepts only minimal
 DER in the shapes real certificates use, with algorithms from short tables, and so only
 certificates cryptography surely loads; on anything else it raises NotSimple (or
-IndexError) and certs.py asks cryptography instead.
+IndexError) and certs.py asks cryptography instead. It runs once per scanned target, and
+its cost is mostly steps of the interpreter, so it takes few: it walks positions, not
+slices; reads the usual public keys and validities whole, each with one regex; reads short
+elements inline; and keeps (in bounded caches) what repeats across certificates: names'
+attributes and extensions, most of which are the same in every leaf of a CA.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import struct
 from datetime import datetime
 from typing import NamedTuple, overload
 
@@ -77,6 +82,8 @@ def extension_oids(der: bytes, layout: Layout) -> list[Element]:
 
 
 def serial_hex(contents: bytes) -> str:
+    if contents and 0 < contents[0] < 0x80:  # positive, and so short as can be: most
+        return contents.hex()
     number = int.from_bytes(contents, signed=True)
     digits = f"{abs(number):x}"
     return ("-" if number < 0 else "") + digits.zfill(len(digits) + len(digits) % 2)
@@ -124,30 +131,59 @@ def read_name(der: bytes) -> Name:
 def _simple_name(der: bytes) -> Name:
     """read_name of a name in minimal DER, one attribute of a string type per RDN, plain OIDs
     (most names): a strict walk, and a quick one. Raises NotSimple (or IndexError) for others."""
-    pos, end = _element(der, 0, len(der), 0x30)
-    if end != len(der):
-        raise NotSimple
+    end = len(der)
+    if der[0] == 0x30 and der[1] == end - 2 < 0x80:  # short
+        pos = 2
+    else:
+        pos, stop = _element(der, 0, end, 0x30)
+        if stop != end:
+            raise NotSimple
     texts, sets, cn = [], [], None
     while pos < end:
-        rdn, pos = _element(der, pos, end, 0x31)
-        attribute, attribute_end = _element(der, rdn, pos, 0x30)
-        oid = _listed(der, attribute)  # a plain OID is short, so this is its element
-        value = attribute + len(oid)
-        tag, kind = der[value], _plain_type(oid)
-        if der[value + 1] == pos - value - 2 < 0x80:  # the value, to the end, short
-            value, value_end = value + 2, pos
+        rdn_end = pos + 2 + der[pos + 1]
+        if der[pos + 1] < 0x80 and rdn_end <= end:  # short, as most: small enough to keep
+            text, attribute, value = _kept_rdn(der[pos:rdn_end])
         else:
-            value, value_end = _element(der, value, pos, tag)
-        if kind is None or tag not in _STRING_TAGS or attribute_end != pos or value_end != pos:
-            raise NotSimple  # more than one attribute, or more than a type and a value
-        text = _text(tag, der[value:pos])
-        texts.append(f"{kind.label}={_escaped(text)}")
-        sets.append(frozenset([(kind.dotted, text)]))
-        if cn is None and kind.label == "CN":
-            cn = text
+            rdn_end = _element(der, pos, end, 0x31)[1]
+            text, attribute, value = _rdn(der[pos:rdn_end])
+        texts.append(text)
+        sets.append(attribute)
+        if cn is None and text.startswith("CN="):
+            cn = value
+        pos = rdn_end
     texts.reverse()
-    return Name(json_safe(",".join(texts)), None if cn is None else json_safe(cn), tuple(sets),
-                simple=True)
+    rfc4514 = ",".join(texts)
+    return _new_name((rfc4514 if rfc4514.isascii() else json_safe(rfc4514),
+                      cn if cn is None or cn.isascii() else json_safe(cn), tuple(sets), True))
+
+
+def _rdn(der: bytes) -> tuple[str, frozenset[tuple[str, str]], str]:
+    """A whole RDN element of one attribute, a plain OID and a string in minimal DER: its
+    RFC 4514 text ("CN=..."), its set of (dotted OID, value), and its value."""
+    # Most are short throughout: SET { SEQUENCE { OID, string } } as
+    # 31 n+2 30 n 06 k <OID> tag m <string>, the string to the end.
+    value, end = 6 + der[5], len(der)
+    if der[0] == 0x31 and der[2] == 0x30 and der[1] == end - 2 and (
+            der[3] == end - 4 < 0x7E and der[value + 1] == end - value - 2):
+        oid, start = 4, value + 2
+    else:
+        rdn, end = _element(der, 0, end, 0x31)
+        oid, attribute_end = _element(der, rdn, end, 0x30)
+        value = oid + 2 + der[oid + 1]  # a plain OID is short, so this is past it
+        start, value_end = _element(der, value, end, der[value])
+        if attribute_end != end or value_end != end or end != len(der):
+            raise NotSimple  # more than one attribute, or more than a type and a value
+    tag, kind = der[value], _plain_type(der[oid:value])
+    if kind is None or tag not in _STRING_TAGS:
+        raise NotSimple
+    text = _text(tag, der[start:end])
+    return f"{kind.label}={_escaped(text)}", frozenset([(kind.dotted, text)]), text
+
+
+# Names' attributes repeat across leaves (C, ST, O, ...), as whole names of issuers do.
+_kept_rdn = functools.lru_cache(maxsize=1024)(_rdn)  # short ones only: at most 0.3 MB
+# Name(...) without the Python-level __new__ of a NamedTuple, which costs more than the rest.
+_new_name = functools.partial(tuple.__new__, Name)
 
 
 def _name(rdns: list[list[tuple[_AttributeType, str]]], *, simple: bool) -> Name:
@@ -334,58 +370,128 @@ _KEY_ALGORITHMS = {bytes.fromhex(algorithm): name for algorithm, name in [
 ]}
 
 
+# The SubjectPublicKeyInfo elements of the usual keys, whole, as one regex with a group for
+# the key bits in each alternative (_public_key_info reads any other key step by step): the
+# usual RSA keys (_RSA_SIZES, the exponent 65537), uncompressed points on the NIST curves,
+# and the raw keys (_RAW_KEYS). And the usual RSA keys' bits, for public_key.
+_RSA_SIZES = (2048, 3072, 4096)
+
+
+def _head(tag: int, size: int) -> bytes:
+    """The tag and length of an element with `size` bytes of contents, in DER."""
+    if size < 0x80:
+        return bytes([tag, size])
+    count = (size.bit_length() + 7) // 8
+    return bytes([tag, 0x80 | count]) + size.to_bytes(count)
+
+
+def _rsa_key(bits: int) -> tuple[bytes, int]:
+    """A regex of the RSAPublicKey DER of a modulus of `bits` bits and the exponent 65537,
+    and how long that DER is."""
+    size = bits // 8
+    modulus = _head(0x02, size + 1) + b"\x00"  # the top bit is set: a 0 byte, to be positive
+    contents = len(modulus) + size + 5
+    return (re.escape(_head(0x30, contents) + modulus) + b"[\x80-\xff]" + b".{%d}" % (size - 1)
+            + re.escape(b"\x02\x03\x01\x00\x01"), len(_head(0x30, contents)) + contents)
+
+
+def _key_info(algorithm: bytes, size: int) -> bytes:
+    """A regex of a whole SubjectPublicKeyInfo of this AlgorithmIdentifier and `size` bytes
+    of key bits, the key bits a group."""
+    bits = _head(0x03, size + 1) + b"\x00"  # no unused bits
+    return re.escape(_head(0x30, len(algorithm) + len(bits) + size) + algorithm + bits) + (
+        b"(.{%d})" % size)
+
+
+_USUAL_RSA_KEYS = re.compile(b"|".join(b"(%s)" % _rsa_key(bits)[0] for bits in _RSA_SIZES),
+                             re.DOTALL)
+_USUAL_KEY_SIZES = {"rsa": [_rsa_key(bits)[1] for bits in _RSA_SIZES],
+                    "secp256r1": [65], "secp384r1": [97], "secp521r1": [133],
+                    "ed25519": [32], "ed448": [57], "x25519": [32]}  # bytes of the key bits
+_USUAL_KEY_ALGORITHMS = [(name, algorithm, size) for algorithm, name in _KEY_ALGORITHMS.items()
+                         for size in _USUAL_KEY_SIZES[name]]  # group 1, 2, ...
+_USUAL_KEYS = re.compile(b"|".join(_key_info(algorithm, size)
+                                   for _, algorithm, size in _USUAL_KEY_ALGORITHMS), re.DOTALL)
+
+
 def simple_certificate(der: bytes) -> Simple:
     """The parts of a certificate in the plain shape real ones have: minimal DER, version 3
     (or 1 without extensions), no unique IDs, listed algorithms (the same inside and out),
     plain times, extensions with unique plain OIDs and no explicit `critical` FALSE (which
-    DER forbids and cryptography refuses)."""
+    DER forbids and cryptography refuses).
+
+    Written for few steps of the interpreter (see the module's docstring): what is fixed is
+    compared whole, and only the parts returned are cut out."""
     start, end = _element(der, 0, len(der), 0x30)
     tbs, tbs_end = _element(der, start, end, 0x30)
-    algorithm = _listed(der, tbs_end)
+    algorithm = der[tbs_end:tbs_end + 2 + der[tbs_end + 1]]  # the element, if listed: short
     signature_algorithm = _SIGNATURE_ALGORITHMS.get(algorithm)
-    algorithm_end = tbs_end + len(algorithm)
-    if signature_algorithm is None or end != len(der) or _bits(der, algorithm_end, end)[1] != end:
+    start, stop = _element(der, tbs_end + len(algorithm), end, 0x03)  # the signature's bits
+    if signature_algorithm is None or end != len(der) or stop != end or (
+            start == stop or der[start]):  # whole bytes: no unused bits in the last byte
         raise NotSimple
-    v3 = der[tbs:tbs + 5] == b"\xa0\x03\x02\x01\x02"
-    serial, pos = _element(der, tbs + 5 if v3 else tbs, tbs_end, 0x02)
-    issuer = pos + len(algorithm)
-    if not _minimal_integer(der[serial:pos]) or der[pos:issuer] != algorithm:
+    v3 = der.startswith(b"\xa0\x03\x02\x01\x02", tbs)
+    start = tbs + 5 if v3 else tbs
+    pos = start + 2 + der[start + 1]  # serials are short (RFC 5280: 20 bytes at most)
+    serial = der[start + 2:pos]
+    if der[start] != 0x02 or der[start + 1] >= 0x80 or pos > tbs_end or not (
+            0 < serial[0] < 0x80 or _minimal_integer(serial)):  # most are positive
         raise NotSimple  # also an explicit version other than 3: it is no INTEGER
+    if not der.startswith(algorithm, pos):
+        raise NotSimple
+    issuer = pos + len(algorithm)
     validity = _element(der, issuer, tbs_end, 0x30)[1]
-    subject = _element(der, validity, tbs_end, 0x30)[1]
-    times = _VALIDITY.match(der, validity, subject)
-    if times is None or times.end() != subject:
-        raise NotSimple
-    not_before, _ = _time(times[1] or times[2])
-    not_after, expires = _time(times[3] or times[4])
+    not_before, not_after, expires, subject = _validity(der, validity, tbs_end)
     spki = _element(der, subject, tbs_end, 0x30)[1]
-    spki_start, spki_end = _element(der, spki, tbs_end, 0x30)
-    key_algorithm = _listed(der, spki_start)
-    key, key_end = _bits(der, spki_start + len(key_algorithm), spki_end)
-    if key_end != spki_end or key_algorithm not in _KEY_ALGORITHMS or (
-            spki_end < tbs_end and not v3):
+    usual = _USUAL_KEYS.match(der, spki, tbs_end)  # most keys, whole, in one step
+    if usual and usual.lastindex:  # its group: the key bits
+        key_algorithm, key = _USUAL_KEY_ALGORITHMS[usual.lastindex - 1][0], usual[usual.lastindex]
+        spki_end = usual.end()
+    else:
+        key_algorithm, key, spki_end = _public_key_info(der, spki, tbs_end)
+    if spki_end < tbs_end and not v3:
         raise NotSimple
-    return Simple(der[serial:pos], der[issuer:validity], der[subject:spki], not_before,
-                  not_after, expires, der[spki:spki_end], _KEY_ALGORITHMS[key_algorithm],
-                  der[key:key_end], signature_algorithm,
-                  _extensions(der, spki_end, tbs_end) if spki_end < tbs_end else {})
+    return _new_simple((serial, der[issuer:validity], der[subject:spki], not_before,
+                        not_after, expires, der[spki:spki_end], key_algorithm, key,
+                        signature_algorithm,
+                        _extensions(der, spki_end, tbs_end) if spki_end < tbs_end else {}))
 
 
-def _listed(der: bytes, pos: int) -> bytes:
-    """The element at pos if its length is in the short form, as those of OIDs and
-    AlgorithmIdentifiers are; else a slice that no table and no plain OID matches."""
-    return der[pos:pos + 2 + der[pos + 1]]
+# Simple(...) without the Python-level __new__ of a NamedTuple, as _new_name.
+_new_simple = functools.partial(tuple.__new__, Simple)
+
+
+def _public_key_info(der: bytes, pos: int, end: int) -> tuple[str, bytes, int]:
+    """The algorithm (a value of _KEY_ALGORITHMS) and bits of the SubjectPublicKeyInfo at
+    pos, and where it ends."""
+    start, spki_end = _element(der, pos, end, 0x30)
+    algorithm = der[start:start + 2 + der[start + 1]]  # the element, if listed: short
+    key, key_end = _bits(der, start + len(algorithm), spki_end)
+    if key_end != spki_end or algorithm not in _KEY_ALGORITHMS:
+        raise NotSimple
+    return _KEY_ALGORITHMS[algorithm], der[key:key_end], spki_end
 
 
 def _element(der: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
     """Where the contents of the element at pos start and end; it must be a `tag`, in
     minimal DER, and end within `end`."""
-    length, start = der[pos + 1], pos + 2
-    if length & 0x80:
-        size = length & 0x7F
-        length, start = int.from_bytes(der[start:start + size]), start + size
-        if not 0 < size <= 3 or length < 0x80 or not length >> 8 * size - 8:
-            raise NotSimple  # indefinite, over 16 MB, or not the shortest form
+    length = der[pos + 1]
+    if length < 0x80:
+        start = pos + 2
+    elif length == 0x82:  # long form, 2 length bytes: 256 bytes to 64 kB
+        start, length = pos + 4, der[pos + 2] << 8 | der[pos + 3]
+        if length < 0x100:
+            raise NotSimple  # not the shortest form
+    elif length == 0x81:
+        start, length = pos + 3, der[pos + 2]
+        if length < 0x80:
+            raise NotSimple
+    elif length == 0x83:
+        start, length = pos + 5, int.from_bytes(der[pos + 2:pos + 5])
+        if length < 0x10000:
+            raise NotSimple
+    else:
+        raise NotSimple  # indefinite, or over 16 MB
     if der[pos] != tag or start + length > end:
         raise NotSimple
     return start, start + length
@@ -405,24 +511,43 @@ def _minimal_integer(contents: bytes) -> bool:
     return (contents[0], contents[1] & 0x80) not in ((0, 0), (0xFF, 0x80))
 
 
-# Validity: two times, each a UTCTime or a GeneralizedTime of whole seconds in UTC.
-_VALIDITY = re.compile(rb"\x30[\x1e\x20\x22]"
-                       rb"(?:\x17\x0d(\d{12})|\x18\x0f(\d{14}))Z(?:\x17\x0d(\d{12})|\x18\x0f(\d{14}))Z")
+# Validity: two times, each a UTCTime or a GeneralizedTime of whole seconds in UTC, and an
+# hour from 00 to 23 (later Pythons may read 24:00 as the next midnight).
+_TIME = rb"(\x17\x0d\d{6}(?:[01]\d|2[0-3])\d{4}|\x18\x0f\d{8}(?:[01]\d|2[0-3])\d{4})Z"
+_VALIDITY = re.compile(rb"\x30[\x1e\x20\x22]" + _TIME + _TIME)
+# The digits of a Validity of two UTCTimes, YYMMDDHHMMSS each, and their ISO texts when
+# both years are from 2000 to 2049; and the digits of one time, from its tag on.
+_UTC_VALIDITY = struct.Struct("4x2s2s2s2s2s2s3x2s2s2s2s2s2s").unpack_from
+_UTC_ISO = b"20%s-%s-%sT%s:%s:%sZ20%s-%s-%sT%s:%s:%sZ"
+_UTC_TIME = struct.Struct("2x2s2s2s2s2s2s").unpack
+_GENERALIZED_TIME = struct.Struct("2x4s2s2s2s2s2s").unpack
 
 
-def _time(digits: bytes) -> tuple[str, datetime]:
-    """ISO text and moment of a UTCTime's digits (YYMMDDHHMMSS) or a GeneralizedTime's."""
-    text = digits.decode()
-    if len(text) == 12:
-        text = ("20" if text < "50" else "19") + text
-    # The hour is checked here as well: later Pythons may read 24:00 as the next midnight.
-    if text[8:10] > "23":
+def _validity(der: bytes, pos: int, end: int) -> tuple[str, str, datetime, int]:
+    """The Validity at pos: ISO texts ("YYYY-MM-DDTHH:MM:SSZ") of notBefore and notAfter,
+    notAfter's moment and where the Validity ends."""
+    times = _VALIDITY.match(der, pos, end)
+    if times is None or der[pos + 1] != times.end() - pos - 2:  # just the two times
         raise NotSimple
-    iso = f"{text[:4]}-{text[4:6]}-{text[6:8]}T{text[8:10]}:{text[10:12]}:{text[12:]}Z"
+    if der[pos + 1] == 0x1E and der[pos + 4] < 0x35 and der[pos + 19] < 0x35:  # most
+        both = (_UTC_ISO % _UTC_VALIDITY(der, pos)).decode()
+        not_before, not_after = both[:20], both[20:]
+    else:
+        not_before, not_after = _time(times[1]), _time(times[2])
     try:
-        return iso, datetime.fromisoformat(iso)
-    except ValueError:  # day 31 in April, a leap second, year 0, ...
+        datetime.fromisoformat(not_before)  # day 31 in April, a leap second, year 0, ...
+        return not_before, not_after, datetime.fromisoformat(not_after), times.end()
+    except ValueError:
         raise NotSimple from None
+
+
+def _time(element: bytes) -> str:
+    """The ISO text of a UTCTime (YYMMDDHHMMSS, 1950 to 2049) or a GeneralizedTime
+    (YYYYMMDDHHMMSS), from _VALIDITY's group: tag, length and digits."""
+    if element[0] == 0x18:
+        return (b"%s-%s-%sT%s:%s:%sZ" % _GENERALIZED_TIME(element)).decode()
+    return ((b"20%s-%s-%sT%s:%s:%sZ" if element[2] < 0x35 else b"19%s-%s-%sT%s:%s:%sZ")
+            % _UTC_TIME(element)).decode()
 
 
 def _extensions(der: bytes, pos: int, end: int) -> dict[bytes, bytes]:
@@ -432,52 +557,89 @@ def _extensions(der: bytes, pos: int, end: int) -> dict[bytes, bytes]:
         raise NotSimple
     found = {}
     while pos < stop:
-        start, extension_end = _element(der, pos, stop, 0x30)
-        oid = _listed(der, start)  # a plain OID is short, so this is its element
-        pos = start + len(oid)
-        if der[pos] == 0x01:  # critical: only TRUE may be written
-            if der[pos:pos + 3] != b"\x01\x01\xff":
-                raise NotSimple
-            pos += 3
-        if der[pos] == 0x04 and der[pos + 1] == extension_end - pos - 2 < 0x80:  # most are
-            value, pos = pos + 2, extension_end
+        extension_end = pos + 2 + der[pos + 1]
+        if der[pos + 1] < 0x80 and extension_end <= stop:  # short, as most
+            oid, value = _kept_extension(der[pos:extension_end])
         else:
-            value, pos = _element(der, pos, extension_end, 0x04)
-        if pos != extension_end or oid in found or _plain_type(oid) is None:
+            extension_end = _element(der, pos, stop, 0x30)[1]
+            element = der[pos:extension_end]
+            oid, value = (_kept_extension if len(element) <= 512 else _extension)(element)
+        if oid in found:
             raise NotSimple
-        found[oid] = der[value:pos]
+        found[oid] = value
+        pos = extension_end
     # cryptography refuses duplicates, and certs.py isolates at most 128 extensions
     if not 0 < len(found) < 128:
         raise NotSimple
     return found
 
 
-_GENERAL_NAMES = {0x81: "email", 0x82: "dns", 0x86: "uri", 0x87: "ip"}
+def _extension(element: bytes) -> tuple[bytes, bytes]:
+    """The extnID element and the extnValue contents of a whole Extension element, which
+    must be a SEQUENCE of a plain OID, no `critical` or TRUE, and an OCTET STRING."""
+    end = len(element)
+    if element[0] == 0x30 and element[1] == end - 2 < 0x80:  # short, as most
+        pos = 2
+    else:
+        pos, stop = _element(element, 0, end, 0x30)
+        if stop != end:
+            raise NotSimple
+    value = pos + 2 + element[pos + 1]  # a plain OID is short, so this is past it
+    oid = element[pos:value]
+    if element[value] == 0x01:  # critical: only TRUE may be written
+        if not element.startswith(b"\x01\x01\xff", value):
+            raise NotSimple
+        value += 3
+    if element[value] == 0x04 and element[value + 1] == end - value - 2 < 0x80:  # most
+        start = value + 2
+    else:
+        start, stop = _element(element, value, end, 0x04)
+        if stop != end:
+            raise NotSimple
+    if _plain_type(oid) is None:
+        raise NotSimple
+    return oid, element[start:end]
+
+
+# Most extensions of a leaf are the same in every leaf of its CA (all but the key
+# identifier, SAN and SCTs, say): keep what they hold. Exceptions are not kept.
+_kept_extension = functools.lru_cache(maxsize=1024)(_extension)  # at most 0.5 MB
 
 
 def subject_alt_names(value: bytes) -> dict[str, list[str]]:
     """A SAN extension's names: rfc822Name, dNSName and URI in ASCII, IPv4 or IPv6
     addresses; any other name (all of which cryptography turns into objects we skip, or
     refuses) makes it NotSimple."""
-    start, end = _element(value, 0, len(value), 0x30)
-    if start == end or end != len(value):
-        raise NotSimple
-    found: dict[str, list[str]] = {"dns": [], "ip": [], "email": [], "uri": []}
-    while start < end:
-        tag = value[start]
-        kind = _GENERAL_NAMES.get(tag)
-        if kind is None:
+    end = len(value)
+    if value[0] == 0x30 and value[1] == end - 2 < 0x80:  # short, as most
+        start = 2
+    else:
+        start, stop = _element(value, 0, end, 0x30)
+        if stop != end:
             raise NotSimple
-        start, stop = _element(value, start, end, tag)
+    if start == end:
+        raise NotSimple
+    dns: list[str] = []
+    ip: list[str] = []
+    email: list[str] = []
+    uri: list[str] = []
+    while start < end:
+        tag, stop = value[start], start + 2 + value[start + 1]
+        if value[start + 1] < 0x80 and stop <= end:  # most names are short
+            start += 2
+        else:
+            start, stop = _element(value, start, end, tag)  # the tag is checked below
         data = value[start:stop]
-        if kind == "ip":
-            found[kind].append(_address(data))
-        elif data.isascii():
-            found[kind].append(data.decode("ascii"))
+        if tag == 0x82 and data.isascii():
+            dns.append(data.decode("ascii"))
+        elif tag == 0x87:
+            ip.append(_address(data))
+        elif tag in (0x81, 0x86) and data.isascii():
+            (email if tag == 0x81 else uri).append(data.decode("ascii"))
         else:
             raise NotSimple
         start = stop
-    return found
+    return {"dns": dns, "ip": ip, "email": email, "uri": uri}
 
 
 def _address(data: bytes) -> str:
@@ -519,6 +681,9 @@ def public_key(algorithm: str, bits: bytes) -> tuple[str, int, str | None]:
     minimal DER, an uncompressed point on its curve (OpenSSL checks that), or raw bytes of
     the right length (OpenSSL checks no more)."""
     if algorithm == "rsa":
+        usual = _USUAL_RSA_KEYS.fullmatch(bits)  # most, in one step
+        if usual and usual.lastindex:
+            return "rsa", _RSA_SIZES[usual.lastindex - 1], None
         return "rsa", _rsa_modulus(bits).bit_length(), None
     if algorithm in _RAW_KEYS:
         size, key_bits = _RAW_KEYS[algorithm]
@@ -529,7 +694,7 @@ def public_key(algorithm: str, bits: bytes) -> tuple[str, int, str | None]:
     if len(bits) != 1 + 2 * size or bits[0] != 4:  # compressed points would need a sqrt
         raise NotSimple
     x, y = int.from_bytes(bits[1:1 + size]), int.from_bytes(bits[1 + size:])
-    if x >= p or y >= p or (y * y - x * x * x + 3 * x - b) % p:
+    if x >= p or y >= p or (y * y - (x * x - 3) * x - b) % p:
         raise NotSimple
     return "ec", key_bits, algorithm
 

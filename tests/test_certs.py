@@ -6,6 +6,7 @@ import hashlib
 import ipaddress
 import json
 import random
+import ssl
 import warnings
 from collections.abc import Callable
 
@@ -66,10 +67,11 @@ def test_pem_matches_cryptography_and_hashes_are_of_the_der() -> None:
     assert result["spki_sha256"] == hashlib.sha256(spki).hexdigest()
 
 
-@pytest.mark.parametrize("size", [0, 1, 47, 48, 49, 300])
+@pytest.mark.parametrize("size", [0, 1, 47, 48, 49, 300, 3000, 6143, 6144, 6145, 10000])
 def test_pem_of_bytes_that_do_not_parse(size: int) -> None:
-    data = bytes(range(256))[:size] * 2 if size < 256 else bytes(size)
+    data = bytes(range(256))[:size] * 2 if size < 256 else random.Random(size).randbytes(size)
     pem = der_to_pem(data)
+    assert pem == ssl.DER_cert_to_PEM_cert(data)  # lines of 64, but for hostile sizes
     lines = pem.splitlines()
     assert lines[0] == "-----BEGIN CERTIFICATE-----"
     assert lines[-1] == "-----END CERTIFICATE-----"
@@ -442,6 +444,10 @@ def test_caches_are_bounded() -> None:
     # Hostile servers can send any number of different names and chain certificates.
     assert 0 < (der._kept_name.cache_info().maxsize or 0) <= 1024
     assert 0 < (certs._kept_chain_entry.cache_info().maxsize or 0) <= 256
+    # ... and parts of names and extensions of any size: those kept are small
+    assert 0 < (der._kept_rdn.cache_info().maxsize or 0) <= 1024
+    assert 0 < (der._kept_extension.cache_info().maxsize or 0) <= 1024
+    assert 0 < (certs._pem_lines.cache_info().maxsize or 0) <= 129
 
 
 def test_large_names_and_certificates_are_read_without_keeping() -> None:

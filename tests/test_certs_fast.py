@@ -1,10 +1,12 @@
 """The fast path of scanner.certs (a strict DER walk) against its slow path (cryptography).
 
 The fast path must give exactly what the slow path gives, or leave the certificate to it.
-So every certificate the suite knows how to make, odd ones included, and a few thousand
-byte-level mutations of some of them, are read both ways and compared key for key. The
-tables the strict walk trusts (algorithms, curves, name labels, escaping) are checked
-against cryptography itself.
+So every certificate the suite knows how to make, odd ones included, x509-limbo's and
+public CAs' roots, and a few thousand byte-level mutations of some of them, are read both
+ways and compared key for key. The tables the strict walk trusts (algorithms, curves, name
+labels, escaping) are checked against cryptography itself, and what it reads in one step
+(the usual keys, validities) or keeps across certificates (names' attributes, extensions)
+against what it reads step by step.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import json
 import random
+import re
+import ssl
 import string
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import trustme
@@ -35,10 +42,14 @@ Maker = Callable[[], bytes]
 def both_ways(certificate: bytes) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """What the scanner reports (the fast path, or the slow one where it bails) and what the
     slow path alone reports: the facts of a leaf, and the entry of a chain certificate."""
-    return ([certs.certificate_facts(certificate, now=NOW),
-             certs._facts(certificate, certs._CHAIN_KEYS, None)],
+    return (reported_facts(certificate),
             [certs._slow_facts(certificate, certs._FACT_KEYS, NOW),
              certs._slow_facts(certificate, certs._CHAIN_KEYS, None)])
+
+
+def reported_facts(certificate: bytes) -> list[dict[str, object]]:
+    return [certs.certificate_facts(certificate, now=NOW),
+            certs._facts(certificate, certs._CHAIN_KEYS, None)]
 
 
 def takes_fast_path(certificate: bytes) -> bool:
@@ -225,6 +236,21 @@ def corpus() -> dict[str, Maker]:
         # cryptography reads these, or re-reads SAN and basicConstraints alone: fast
         "unknown-critical-extension": lambda: with_extension("1.2.3.4.5", b"\x05\x00"),
         "malformed-key-usage": lambda: with_extension("2.5.29.15", b"\x05\x00"),
+        # the walk's other ways for what it mostly reads in one step
+        "utctime-1990s": lambda: leaf("p256", not_before=dt.datetime(1995, 5, 5, tzinfo=dt.UTC)),
+        "mixed-times": lambda: leaf("p256", not_after=dt.datetime(2051, 1, 1, tzinfo=dt.UTC)),
+        "long-attribute": lambda: mint(
+            key=private_key("p256"), issuer="Corpus CA", issuer_key=private_key("p256", "issuer"),
+            subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Long " * 40),
+                               x509.NameAttribute(NameOID.COMMON_NAME, "long.example")])),
+        "long-extensions": lambda: with_extensions(
+            ("1.3.6.1.4.1.11129.2.4.2", b"\x04\x82\x01\x2c" + bytes(300), False),
+            ("1.3.6.1.4.1.55555.1", b"\x04\x82\x02\x58" + bytes(600), False)),
+        "short-rdn-long-name": lambda: mint(
+            key=private_key("p256"), issuer="Corpus CA", issuer_key=private_key("p256", "issuer"),
+            subject=x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x" * 60),
+                               x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "y" * 60),
+                               x509.NameAttribute(NameOID.COMMON_NAME, "z.example")])),
         "garbage": lambda: random.Random(7).randbytes(2000),
         "tiny": lambda: b"\x30\x03\x02\x01\x00",
         "truncated": lambda: leaf("p256")[:-80],
@@ -238,6 +264,10 @@ def corpus() -> dict[str, Maker]:
         makers[f"{kind}-signs"] = functools.partial(
             mint, key=private_key("p256"), subject="leaf", issuer=f"{kind} CA",
             issuer_key=private_key(kind, "issuer"))
+    for bits in (3072, 4096):  # the usual RSA keys, as rsa2048
+        makers[f"rsa{bits}-leaf"] = functools.partial(
+            lambda bits: rebuilt(leaf("p256", ca=False, san=[x509.DNSName("rsa.example")]),
+                                 spki=rsa_spki(bits)), bits)
     for digest in (hashes.SHA384(), hashes.SHA512()):
         makers[f"rsa-{digest.name}"] = functools.partial(leaf, "p256", issuer_kind="rsa2048",
                                                          digest=digest)
@@ -269,6 +299,32 @@ def with_extension(oid: str, value: bytes) -> bytes:
             .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), True)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName("x.example")]), False)
             .sign(issuer, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+
+
+def rsa_numbers(bits: int) -> tuple[int, int]:
+    """An RSA modulus of `bits` bits (no product of two primes: quick to make, and as good
+    for reading) and the usual exponent."""
+    return random.Random(bits).getrandbits(bits) | 1 << bits - 1 | 1, 65537
+
+
+def rsa_spki(bits: int) -> bytes:
+    return rsa.RSAPublicNumbers(*reversed(rsa_numbers(bits))).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def with_extensions(*extensions: tuple[str, bytes, bool]) -> bytes:
+    """A leaf with a SAN, basicConstraints and these (OID, value, critical) extensions."""
+    key, issuer = p256_key(), p256_key("issuer")
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Corpus CA")]))
+               .public_key(key.public_key()).serial_number(10)
+               .not_valid_before(NOW - DAY).not_valid_after(NOW + DAY)
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+               .add_extension(x509.SubjectAlternativeName([x509.DNSName("x.example")]), False))
+    for oid, value, critical in extensions:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical)
+    return builder.sign(issuer, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def generalized_times() -> bytes:
@@ -308,7 +364,9 @@ def test_corpus_fast_or_slow_gives_the_slow_facts() -> None:
     "rsa2048-leaf", "ed448-leaf", "trustme-ECDSA-chain0", "trustme-RSA-chain0", "expired",
     "ca-path-length", "unknown-critical-extension", "malformed-key-usage",
     # cryptography refuses the name's string, and reads the rest with the names blanked
-    "cn-tag-0x13-2a2e6d795f686f7374", "cn-tag-0x14-4dfc6c6c6572"])
+    "cn-tag-0x13-2a2e6d795f686f7374", "cn-tag-0x14-4dfc6c6c6572",
+    "utctime-1990s", "mixed-times", "before-1950", "long-attribute", "long-extensions",
+    "short-rdn-long-name", "rsa3072-leaf", "rsa4096-leaf", "san-ten-thousand", "serial-0x80"])
 def test_plain_certificates_take_the_fast_path(name: str) -> None:
     assert takes_fast_path(all_certificates()[name])
 
@@ -502,3 +560,114 @@ def test_curves_hold_their_generators() -> None:
         assert der.public_key(curve.name, point) == ("ec", curve.key_size, curve.name)
         with pytest.raises(der.NotSimple):
             der.public_key(curve.name, point[:-1] + bytes([point[-1] ^ 1]))
+
+
+# --- the walk's one-step ways, and what it keeps ---
+
+def validity_leaf() -> bytes:
+    """A leaf valid from 2026-01-02 03:04:05 to 2027-06-07 08:09:10, as UTCTimes."""
+    return leaf("p256", not_before=dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC),
+                not_after=dt.datetime(2027, 6, 7, 8, 9, 10, tzinfo=dt.UTC))
+
+
+@pytest.mark.parametrize("digits", [
+    b"260230030405", b"261302030405", b"260100030405", b"260102240405", b"260102036005",
+    b"260102030460", b"260431030405", b"240229030405", b"250229030405", b"000229030405",
+    b"490102030405", b"500102030405", b"991231235959", b"2601020304a5", b"26010203040 "])
+@pytest.mark.parametrize("which", [b"260102030405", b"270607080910"])
+def test_odd_times_fast_or_slow_give_the_slow_facts(which: bytes, digits: bytes) -> None:
+    """Days that do not exist, hours, minutes and seconds out of range, leap years, both
+    centuries of UTCTime, and digits that are not: as notBefore and as notAfter."""
+    certificate = patch(validity_leaf(), b"\x17\x0d" + which + b"Z", b"\x17\x0d" + digits + b"Z",
+                        count=1)
+    reported, slow = both_ways(certificate)
+    assert reported == slow
+    assert takes_fast_path(certificate) == (digits in (
+        b"240229030405", b"000229030405", b"490102030405", b"500102030405", b"991231235959"))
+
+
+@functools.cache
+def real_world_certificates() -> dict[str, bytes]:
+    """x509-limbo's certificates (odd ones on purpose) and public CAs' roots."""
+    limbo = Path(__file__).resolve().parent / "data" / "x509-limbo" / "limbo.json"
+    pems = {pem for case in json.loads(limbo.read_text())["testcases"]
+            for pem in [*case["trusted_certs"], *case["untrusted_intermediates"],
+                        case["peer_certificate"]]}
+    try:
+        import certifi
+    except ImportError:  # pragma: no cover - the suite's venv has it
+        pass
+    else:
+        with open(certifi.where()) as bundle:
+            pems.update(re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----",
+                                   bundle.read(), re.DOTALL))
+    return {f"real-{index}": ssl.PEM_cert_to_DER_cert(pem)
+            for index, pem in enumerate(sorted(pems))}
+
+
+def test_real_world_certificates_fast_or_slow_give_the_slow_facts() -> None:
+    fast = 0
+    with warnings.catch_warnings():  # cryptography warns about some of limbo's
+        warnings.simplefilter("ignore")
+        for name, certificate in real_world_certificates().items():
+            reported, slow = both_ways(certificate)
+            assert reported == slow, name
+            fast += takes_fast_path(certificate)
+    assert fast > 400
+
+
+def test_usual_keys_are_read_as_the_walk_reads_them() -> None:
+    """The SubjectPublicKeyInfo shapes read in one step, against the step by step walk."""
+    rng = random.Random(3)
+    for name, algorithm, size in der._USUAL_KEY_ALGORITHMS:
+        element = tlv(0x30, algorithm + tlv(0x03, b"\x00" + rng.randbytes(size)))
+        usual = der._USUAL_KEYS.fullmatch(element)
+        assert usual and usual.lastindex
+        assert (der._USUAL_KEY_ALGORITHMS[usual.lastindex - 1][0], usual[usual.lastindex],
+                usual.end()) == der._public_key_info(element, 0, len(element)) == (
+            name, element[-size:], len(element))
+        unused_bit = element[:-size - 1] + b"\x01" + element[-size:]
+        for odd in (element[:-1], element + b"\x00", unused_bit):
+            assert not der._USUAL_KEYS.fullmatch(odd)
+
+
+@pytest.mark.parametrize("bits", [2048, 3072, 4096])
+def test_usual_rsa_keys_are_read_as_the_modulus_is(bits: int) -> None:
+    modulus, exponent = rsa_numbers(bits)
+    for n, e in [(modulus, exponent), (modulus >> 1, exponent), (modulus, 3),
+                 (modulus | 1 << bits, exponent), (modulus, 65539)]:
+        size = (n.bit_length() + 8) // 8
+        modulus_bytes = n.to_bytes(size)
+        exponent_bytes = e.to_bytes((e.bit_length() + 8) // 8)
+        key_bits = tlv(0x30, tlv(0x02, modulus_bytes) + tlv(0x02, exponent_bytes))
+        assert der.public_key("rsa", key_bits) == ("rsa", n.bit_length(), None)
+        assert bool(der._USUAL_RSA_KEYS.fullmatch(key_bits)) == (
+            n.bit_length() in der._RSA_SIZES and e == 65537)
+    for odd in [tlv(0x30, tlv(0x02, b"\x00\x00" + modulus.to_bytes(bits // 8)[1:])
+                           + tlv(0x02, b"\x01\x00\x01"))]:  # not the shortest modulus
+        with pytest.raises(der.NotSimple):
+            der.public_key("rsa", odd)
+
+
+def test_kept_parts_are_as_read() -> None:
+    """Names' attributes and extensions are kept across certificates: read again from the
+    caches, every certificate gives what it gave with them empty."""
+    corpus = {**all_certificates(), **real_world_certificates()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        der._kept_rdn.cache_clear()
+        der._kept_extension.cache_clear()
+        fresh = {name: reported_facts(certificate) for name, certificate in corpus.items()}
+        assert der._kept_rdn.cache_info().hits and der._kept_extension.cache_info().hits
+        assert {name: reported_facts(certificate) for name, certificate in corpus.items()} == fresh
+
+
+def test_refused_parts_are_not_kept() -> None:
+    rdn = b"\x31\x0a\x30\x08\x06\x03\x55\x04\x03\x04\x01x"  # an OCTET STRING: no string
+    extension = b"\x30\x0a\x06\x03\x55\x1d\x13\x01\x01\x00\x04\x00"  # critical FALSE
+    for kept, part in ((der._kept_rdn, rdn), (der._kept_extension, extension)):
+        size = kept.cache_info().currsize
+        for _ in range(2):
+            with pytest.raises(der.NotSimple):
+                kept(part)
+        assert kept.cache_info().currsize == size
