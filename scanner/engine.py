@@ -19,6 +19,7 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from .assess import assess_all
 from .config import ScanConfig
@@ -32,6 +33,7 @@ from .values import Capture, Record
 from .verify import Policy, TrustStore
 
 _DONE = None  # sentinel on both queues
+_T = TypeVar("_T")
 GRACE = 2.0  # seconds a stopped scan gives its in-flight targets before dropping them
 
 
@@ -91,6 +93,18 @@ class RateLimiter:
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def take_ready(queue: asyncio.Queue[_T | None], first: _T) -> tuple[list[_T], bool]:
+    """`first` and whatever else `queue` holds right now, up to its end (None), as one
+    batch; and whether the end came."""
+    batch = [first]
+    while not queue.empty():
+        more = queue.get_nowait()
+        if more is None:
+            return batch, True
+        batch.append(more)
+    return batch, False
 
 
 class _Assessor:
@@ -234,13 +248,7 @@ class Scan:
         try:
             ended = False
             while not ended and (result := await results.get()) is not None:
-                batch = [result]
-                while not results.empty():
-                    more = results.get_nowait()
-                    if more is None:
-                        ended = True
-                        break
-                    batch.append(more)
+                batch, ended = take_ready(results, result)
                 yield batch
             if failure:
                 raise failure[0]

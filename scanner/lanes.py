@@ -36,7 +36,7 @@ from typing import Protocol
 
 from . import engines
 from .config import ScanConfig
-from .engine import Job, Scan
+from .engine import Job, Scan, take_ready
 from .record import bad_line_record, error_record
 from .runtime import loop_factory, run_with_loop
 from .sink import Output, OutputError
@@ -297,14 +297,8 @@ class Router:
         try:
             ended = False
             while not ended and (first := await out.get()) is not None:
-                lines = list(first)
-                while not out.empty():  # whatever else is ready: one batch for all of it
-                    more = out.get_nowait()
-                    if more is None:
-                        ended = True
-                        break
-                    lines.extend(more)
-                yield lines
+                ready, ended = take_ready(out, first)  # what else is ready: one batch
+                yield [line for lines in ready for line in lines]
             await closer  # an input that failed is raised here, after its records
         finally:
             for task in tasks:
