@@ -354,8 +354,10 @@ async def test_rate_is_the_total_whatever_the_workers(tmp_path: Path, workers: s
             f"-o {tmp_path / 'o'}")
     assert code == 0, stderr
     assert len(times) == 30
-    # 30 connections at 20/s in all: at least 29/20 s from the first to the last.
-    assert max(times) - min(times) >= 29 / 20 * 0.9
+    # 30 connections at 20/s in all: 29/20 s from the first to the last. Were the rate each
+    # loop's, two loops would take half that; the margin is for a loop that starts late (a
+    # busy machine delays a lane's first connections, never its last).
+    assert max(times) - min(times) >= 29 / 20 * 0.75
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
