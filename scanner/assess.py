@@ -38,16 +38,19 @@ def assess_all(probes: Sequence[tuple[Target, Capture]], *, now: datetime,
     for (target, capture), verdict, read in zip(probes, verdicts, facts, strict=True):
         if read is None:  # no chain: nothing to judge
             records.append(capture_record(target, capture, now=now))
-        elif isinstance(read, Exception) or isinstance(verdict, Exception):
-            bug = read if isinstance(read, Exception) else verdict
-            assert isinstance(bug, Exception)
-            records.append(capture_record(target, capture, now=now,
-                                          failure=internal(bug, Stage.CERTIFICATE)))
+        elif isinstance(read, Exception):
+            records.append(_bug(target, capture, now, read))
+        elif isinstance(verdict, Exception):
+            records.append(_bug(target, capture, now, verdict))
         else:
             certificate, chain = read
             records.append(capture_record(target, capture, now=now, certificate=certificate,
                                           chain=chain, validation=verdict))
     return records
+
+
+def _bug(target: Target, capture: Capture, now: datetime, exc: Exception) -> Record:
+    return capture_record(target, capture, now=now, failure=internal(exc, Stage.CERTIFICATE))
 
 
 _Facts = tuple[JSONObject, tuple[JSONObject, ...]]

@@ -158,7 +158,6 @@ class Scan:
     ) -> None:
         self._jobs = jobs
         self._config = config
-        self._store = store
         self._grace = grace
         self._in_flight: list[asyncio.Task[None]] = []  # the producer and the workers
         self._limiter: RateLimiter | None = None

@@ -74,19 +74,18 @@ class HandshakeGate:
 
     async def acquire(self) -> None:
         """Wait for a slot. Cancelled while waiting, it holds none."""
-        if self._active >= self.limit or self._waiters or self._granted >= self._per_turn:
-            future = asyncio.get_running_loop().create_future()
-            self._waiters.append(future)
-            try:
-                await future
-            except BaseException:
-                if future.done() and not future.cancelled():
-                    self._release()  # we were handed a slot as we were cancelled: pass it on
-                elif future in self._waiters:  # (_wake may have dropped it, as done)
-                    self._waiters.remove(future)
-                raise
-        else:
-            self._grant()
+        if self.try_acquire():
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        try:
+            await future
+        except BaseException:
+            if future.done() and not future.cancelled():
+                self._release()  # we were handed a slot as we were cancelled: pass it on
+            elif future in self._waiters:  # (_wake may have dropped it, as done)
+                self._waiters.remove(future)
+            raise
 
     def release(self) -> None:
         """Give back a slot taken by `acquire` (its handshake is done, or failed)."""
