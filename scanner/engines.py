@@ -20,6 +20,7 @@ which costs that server one more connection and no other server anything.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ssl
 from collections.abc import Sequence
@@ -118,9 +119,20 @@ class _RustlsTls:
 
 @functools.cache
 def rustls_missing() -> str | None:
-    """Why the rustls engine cannot run here (None: it can)."""
+    """Why the rustls engine cannot run here (None: it can): rtls must import and make a
+    ClientHello.
+
+    That hello is also the process's first random draw from aws-lc, rustls's crypto, which
+    seeds its generator from CPU jitter: ~30 ms of CPU, once per process. Made here, it is
+    made before lanes.fork_workers forks, and a worker only reseeds (~14 ms) instead."""
     try:
-        rustls_context()
+        context = rustls_context()
+        outgoing = ssl.MemoryBIO()
+        tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+        with contextlib.suppress(ssl.SSLWantReadError):
+            tls.do_handshake()
+        if not outgoing.pending:
+            return "rtls does not work here: it made no ClientHello"
     except ImportError as exc:
         return f"rtls is not installed ({exc}); pip install 'certscan[rustls]'"
     except Exception as exc:  # a broken build: say so, and scan with OpenSSL

@@ -129,3 +129,29 @@ def test_the_engine_option_is_checked() -> None:
     assert ScanConfig().engine == "auto"
     with pytest.raises(ConfigError, match=r"^engine: unknown engine 'boringssl'"):
         ScanConfig(engine="boringssl")  # type: ignore[arg-type]
+
+
+def test_rustls_counts_as_missing_when_it_makes_no_client_hello(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check makes a real ClientHello (which also seeds aws-lc's generator before any
+    worker is forked); a build that makes none is reported, and OpenSSL scans instead."""
+    import scanner.engines as engines_module
+
+    class Silent:
+        def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                     server_hostname: str) -> Any:
+            return self
+
+        def do_handshake(self) -> None:
+            raise ssl.SSLWantReadError("nothing to send")
+
+    monkeypatch.setattr(engines_module, "rustls_context", Silent)
+    rustls_missing.cache_clear()
+    try:
+        assert rustls_missing() == "rtls does not work here: it made no ClientHello"
+        chosen, fallback = engines_module.engines("auto", ())
+        assert chosen.name == "openssl" and fallback is None
+    finally:
+        monkeypatch.undo()
+        rustls_missing.cache_clear()
+    assert rustls_missing() is None
