@@ -73,48 +73,10 @@ class RustlsEngine:
 
     def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
              server_hostname: str) -> Any:
-        return _RustlsTls(self._context.wrap_bio(incoming, outgoing,
-                                                 server_hostname=server_hostname), incoming)
+        return hooks.rustls_wrap(self._context, incoming, outgoing, server_hostname)
 
     def chain(self, tls: Any) -> tuple[tuple[bytes, ...], tuple[NativeCertificate, ...]]:
-        certificates = tls.inner.get_unverified_chain() or ()
-        return tuple(certificate.public_bytes() for certificate in certificates), ()
-
-
-class _RustlsTls:
-    """An rtls TLS object as the probe drives it. rtls never reads a BIO's end of file:
-    after the server's FIN it asks for more bytes for ever, where _ssl raises SSLEOFError.
-    That one difference is made up here; the rest is passed through."""
-
-    __slots__ = ("_incoming", "inner")
-
-    def __init__(self, inner: Any, incoming: ssl.MemoryBIO) -> None:
-        self.inner = inner
-        self._incoming = incoming
-
-    def do_handshake(self) -> None:
-        try:
-            self.inner.do_handshake()
-        except ssl.SSLWantReadError:
-            if self._incoming.eof:
-                error = ssl.SSLEOFError(
-                    ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol (rustls)")
-                error.reason = "UNEXPECTED_EOF_WHILE_READING"
-                error.library = "rustls"
-                raise error from None
-            raise
-
-    def version(self) -> str | None:
-        version: str | None = self.inner.version()
-        return version
-
-    def cipher(self) -> tuple[str, str, int] | None:
-        cipher: tuple[str, str, int] | None = self.inner.cipher()
-        return cipher
-
-    def selected_alpn_protocol(self) -> str | None:
-        alpn: str | None = self.inner.selected_alpn_protocol()
-        return alpn
+        return tls.chain(), ()
 
 
 @functools.cache
@@ -128,7 +90,7 @@ def rustls_missing() -> str | None:
     try:
         context = rustls_context()
         outgoing = ssl.MemoryBIO()
-        tls = context.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="localhost")
+        tls = hooks.rustls_wrap(context, ssl.MemoryBIO(), outgoing, "localhost")
         with contextlib.suppress(ssl.SSLWantReadError):
             tls.do_handshake()
         if not outgoing.pending:

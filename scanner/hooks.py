@@ -19,6 +19,8 @@ refused with one clear message (`UnsupportedPlatform`), never guessed at.
 | oid_name         | ObjectIdentifier._name                     | _SIGNATURE_NAMES             |
 | name_attribute   | NameAttribute(..., _validate=False)        | _RFC4514_LABELS              |
 | warnings_filters | an "ignore" put first in warnings.filters  | warnings.catch_warnings      |
+| rustls_connection| rtls's RustlsClientConnection, from its    | rtls's TLSContext.wrap_bio   |
+|                  | context's builder, driven directly         | (its TLSObject)              |
 
 When each self-test runs (times measured on CPython 3.11.7, OpenSSL 3.0.19):
 
@@ -30,6 +32,9 @@ When each self-test runs (times measured on CPython 3.11.7, OpenSSL 3.0.19):
   error would pay for nothing, were it at import).
 - libcrypto: on the first verdict (a scan without a trust store never needs it).
 - certificate_x509: on the first certificate a verdict lends (it needs libcrypto bound).
+- rustls_connection: on the first rustls handshake (two in-memory handshakes with the
+  self-test server, two failed ones; ~2 ms), which is engines.rustls_missing's, made
+  before workers fork.
 - oid_name, name_attribute: on the first certificate cryptography reads (importing
   cryptography costs ~55 ms, which most scans never pay: certs.py's fast path needs none).
 
@@ -62,6 +67,7 @@ __all__ = [
     "STATUS",
     "HookStatus",
     "NativeCertificate",
+    "RustlsTls",
     "UnsupportedPlatform",
     "attribute_label",
     "certificate_der",
@@ -69,6 +75,7 @@ __all__ = [
     "lend",
     "libcrypto",
     "oid_name",
+    "rustls_wrap",
     "settle_all",
     "unverified_chain",
     "wrap_bio",
@@ -102,6 +109,7 @@ _FRESH: dict[str, HookStatus] = {
     "encoding_der": HookStatus("unchecked", "on the first handshake"),
     "certificate_x509": HookStatus("unchecked", "on the first certificate a verdict lends"),
     "libcrypto": HookStatus("unchecked", "on the first verdict"),
+    "rustls_connection": HookStatus("unchecked", "on the first rustls handshake"),
     "oid_name": HookStatus("unchecked", "on the first certificate cryptography reads"),
     "name_attribute": HookStatus("unchecked", "on the first oddly encoded attribute type"),
     "warnings_filters": HookStatus("unchecked", "at import"),
@@ -457,6 +465,227 @@ def certificate_der(cert: Any) -> bytes:
     return _encoded(cert, _capture().der)
 
 
+# -- rustls_connection: rtls's connection object, driven without its Python layer -----------
+
+class RustlsTls:
+    """A client handshake on rustls over memory BIOs, as the probe drives it (the methods of
+    an ``ssl.SSLObject`` it uses, raising the same errors), and the chain as DER.
+
+    The public way wraps rtls's ``TLSObject`` (``TLSContext.wrap_bio``). rtls never reads a
+    BIO's end of file: after the server's FIN it asks for more bytes for ever, where _ssl
+    raises SSLEOFError; that one difference is made up here, in both ways."""
+
+    __slots__ = ("_incoming", "inner")
+
+    def __init__(self, inner: Any, incoming: ssl.MemoryBIO) -> None:
+        self.inner = inner
+        self._incoming = incoming
+
+    def do_handshake(self) -> None:
+        try:
+            self.inner.do_handshake()
+        except ssl.SSLWantReadError:
+            if self._incoming.eof:
+                raise _rustls_eof() from None
+            raise
+
+    def version(self) -> str | None:
+        version: str | None = self.inner.version()
+        return version
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        cipher: tuple[str, str, int] | None = self.inner.cipher()
+        return cipher
+
+    def selected_alpn_protocol(self) -> str | None:
+        alpn: str | None = self.inner.selected_alpn_protocol()
+        return alpn
+
+    def chain(self) -> tuple[bytes, ...]:
+        return tuple(cert.public_bytes() for cert in self.inner.get_unverified_chain() or ())
+
+
+class _RustlsDirect:
+    """The private way: rtls's ``RustlsClientConnection`` (made by the builder its context
+    keeps, ``TLSContext._get_builder()``) driven as rtls's own ``TLSObject`` drives it for a
+    handshake, without that object's Python frames and its BIO copying: ~1% of a
+    handshake's instructions (two Python frames and an exception fewer per step)."""
+
+    __slots__ = ("_conn", "_incoming", "_outgoing")
+
+    def __init__(self, conn: Any, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
+        self._conn = conn
+        self._incoming = incoming
+        self._outgoing = outgoing
+        self._flush()  # the ClientHello
+
+    def _flush(self) -> None:
+        conn = self._conn
+        while conn.wants_write():
+            data = conn.write_tls()
+            if not data:
+                break
+            self._outgoing.write(data)
+
+    def do_handshake(self) -> None:
+        conn = self._conn
+        if not conn.is_handshaking():
+            return
+        data = self._incoming.read()
+        while data:  # read_tls takes what it can: a record at a time
+            try:
+                taken = conn.read_tls(data)
+            except ssl.SSLError as exc:
+                if "buffer full" not in str(exc):
+                    raise
+                taken = 0
+            if not taken:  # full: the rest waits in the BIO for the next step
+                self._incoming.write(data)
+                break
+            data = data[taken:]
+        try:
+            conn.process_new_packets()
+        finally:
+            self._flush()  # an alert rustls sends, or our next flight
+        if conn.is_handshaking():
+            if self._incoming.eof:
+                raise _rustls_eof()
+            raise ssl.SSLWantReadError(ssl.SSL_ERROR_WANT_READ,
+                                       "The handshake operation did not complete")
+
+    def version(self) -> str | None:
+        number = self._conn.protocol_version()
+        return None if number is None else _RUSTLS_VERSIONS.get(number)
+
+    def cipher(self) -> tuple[str, str, int] | None:
+        conn = self._conn
+        suite = conn.negotiated_cipher_suite()
+        if suite is None:
+            return None
+        number = conn.protocol_version()
+        version = _RUSTLS_VERSIONS.get(number, "unknown") if number else "unknown"
+        return (_RUSTLS_SUITES.get(suite, suite), version,
+                conn.negotiated_cipher_suite_bits() or 0)
+
+    def selected_alpn_protocol(self) -> str | None:
+        alpn = self._conn.alpn_protocol()
+        return None if alpn is None else alpn.decode("ascii", errors="replace")
+
+    def chain(self) -> tuple[bytes, ...]:
+        return tuple(bytes(der) for der in self._conn.peer_certificates() or ())
+
+
+def _rustls_eof() -> ssl.SSLEOFError:
+    error = ssl.SSLEOFError(ssl.SSL_ERROR_EOF, "EOF occurred in violation of protocol (rustls)")
+    error.reason = "UNEXPECTED_EOF_WHILE_READING"
+    error.library = "rustls"
+    return error
+
+
+# rtls's own names for rustls's version numbers and suites, the ones its TLSObject answers
+# with: read from rtls by the self-test, which holds the private way to them.
+_RUSTLS_VERSIONS: dict[int, str] = {}
+_RUSTLS_SUITES: dict[str, str] = {}
+
+
+def _rustls_context_for_test(alpn: list[str]) -> Any:
+    import rtls
+
+    context = rtls.SSLContext(rtls.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(alpn)
+    return context
+
+
+def _private_rustls(context: Any, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                    server_hostname: str) -> _RustlsDirect:
+    conn = context._get_builder().build_client_connection(server_hostname)
+    return _RustlsDirect(conn, incoming, outgoing)
+
+
+def _public_rustls(context: Any, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                   server_hostname: str) -> RustlsTls:
+    return RustlsTls(context.wrap_bio(incoming, outgoing, server_hostname=server_hostname),
+                     incoming)
+
+
+@functools.cache
+def _rustls_direct() -> bool:
+    """Whether the private way answers as the public one: a handshake each way with the
+    self-test server (ALPN on), then garbage from a server, then a FIN mid-handshake."""
+    try:
+        why = _rustls_differs()
+    except ImportError as exc:
+        STATUS["rustls_connection"] = HookStatus("unchecked", f"rtls does not import ({exc})")
+        return False
+    except Exception as exc:
+        why = _failure(exc)
+    return _settled("rustls_connection", why)
+
+
+def _rtls_tables() -> tuple[dict[int, str], dict[str, str]]:
+    """rtls's private tables of names: version numbers, and rustls's suites in OpenSSL's
+    names (what its TLSObject answers with)."""
+    from rtls import _object
+
+    return dict(_object._VERSION_MAP), dict(_object._SUITE_TO_OPENSSL)
+
+
+def _rustls_differs() -> str | None:
+    versions, suites = _rtls_tables()
+    _RUSTLS_VERSIONS.update(versions)
+    _RUSTLS_SUITES.update(suites)
+    expected = [ssl.PEM_cert_to_DER_cert(pem) for pem in _SELF_TEST_CHAIN]
+    server = _self_test_server([])
+    server.set_alpn_protocols(["h2"])
+    client = _rustls_context_for_test(["h2", "http/1.1"])
+    answers = []
+    for wrap in (_public_rustls, _private_rustls):
+        def made(incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 wrap: Callable[..., Any] = wrap) -> Any:
+            return wrap(client, incoming, outgoing, _TEST_NAME)
+
+        tls = _handshake(server, made)
+        answers.append((tls.version(), tls.cipher(), tls.selected_alpn_protocol(),
+                        list(tls.chain())))
+    if answers[0] != answers[1]:
+        return f"a handshake answers {answers[1][:3]}, not rtls's {answers[0][:3]}"
+    if answers[1][3] != expected:
+        return "the chain is not the one the server sent"
+    for ending in (b"HTTP/1.1 400 Bad Request\r\n\r\n", b""):
+        failures = [_rustls_failure(wrap, client, ending)
+                    for wrap in (_public_rustls, _private_rustls)]
+        if failures[0] != failures[1]:
+            return f"{ending!r} from a server raises {failures[1]}, not {failures[0]}"
+    return None
+
+
+def _rustls_failure(wrap: Callable[..., Any], client: Any, answer: bytes) -> str:
+    """What a client raises when a server answers its hello with `answer` and a FIN."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = wrap(client, incoming, outgoing, _TEST_NAME)
+    if not outgoing.read():
+        return "no ClientHello"
+    incoming.write(answer)
+    incoming.write_eof()
+    try:
+        tls.do_handshake()
+    except ssl.SSLError as exc:
+        return f"{type(exc).__name__} {getattr(exc, 'reason', None)} {exc}"
+    return "no error"
+
+
+def rustls_wrap(context: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                server_hostname: str) -> RustlsTls | _RustlsDirect:
+    """A client TLS object for an rtls context: rtls's connection driven directly (private,
+    where its self-test passed), else around rtls's public ``wrap_bio``. Both have
+    `do_handshake`, `version`, `cipher`, `selected_alpn_protocol` and `chain` (DER)."""
+    if _rustls_direct():
+        return _private_rustls(context, incoming, outgoing, server_hostname)
+    return _public_rustls(context, incoming, outgoing, server_hostname)
+
+
 # -- certificate_x509: lending the X509 inside an _ssl.Certificate ----------------------------
 #
 # CPython's _ssl.Certificate (3.10 to 3.13 at least: Modules/_ssl.h, then Modules/_ssl/cert.c)
@@ -750,12 +979,14 @@ def settle_all() -> dict[str, HookStatus]:
         _labels_private()
     except ImportError:  # no cryptography: certs.py's slow path cannot run either
         pass
+    _rustls_direct()
     return dict(STATUS)
 
 
 def _forget() -> None:
     """Back to a fresh process's state: every self-test runs again on next use (tests)."""
-    for settled in (_direct_filters, _capture, libcrypto, _oid_names_private, _labels_private):
+    for settled in (_direct_filters, _capture, libcrypto, _oid_names_private, _labels_private,
+                    _rustls_direct):
         settled.cache_clear()
     _LAYOUT.clear()
     STATUS.clear()

@@ -421,8 +421,10 @@ async def _serve(config: ScanConfig, store: TrustStore | None, targets_fd: int,
 def _settle(share: ScanConfig) -> None:
     """What each event loop would otherwise do for itself as it starts, done once here,
     before the fork, for the workers to inherit: importing the loop (uvloop) and, for an
-    engine that may use rustls, rtls with its check (engines.rustls_missing, cached). Each
-    worker would otherwise spend ~20 ms of CPU on them again. An ImportError of --loop
+    engine that may use rustls, rtls with its check (engines.rustls_missing, cached: it
+    makes a ClientHello, which seeds aws-lc's generator and runs hooks' rustls self-test).
+    Each worker would otherwise spend ~50 ms of CPU on them again (it still reseeds aws-lc's
+    generator after the fork, ~14 ms). An ImportError of --loop
     uvloop is left to be reported where it was: by the parent's run_with_loop."""
     with contextlib.suppress(ImportError):
         loop_factory(share.loop)

@@ -138,14 +138,10 @@ def test_rustls_counts_as_missing_when_it_makes_no_client_hello(
     import scanner.engines as engines_module
 
     class Silent:
-        def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
-                     server_hostname: str) -> Any:
-            return self
-
         def do_handshake(self) -> None:
             raise ssl.SSLWantReadError("nothing to send")
 
-    monkeypatch.setattr(engines_module, "rustls_context", Silent)
+    monkeypatch.setattr(engines_module.hooks, "rustls_wrap", lambda *args: Silent())
     rustls_missing.cache_clear()
     try:
         assert rustls_missing() == "rtls does not work here: it made no ClientHello"

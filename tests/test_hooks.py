@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import _ssl
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import ssl
@@ -27,7 +28,18 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 import scanner
 from scanner import certs, der, hooks, openssl
-from servers import Running, next_address, server_context, tls_server
+from scanner.engines import rustls_missing
+from servers import (
+    Running,
+    alert,
+    fin_after_hello,
+    garbage,
+    next_address,
+    raw_server,
+    rst_after_hello,
+    server_context,
+    tls_server,
+)
 
 Record = dict[str, Any]
 _VOLATILE = ("scanned_at", "timing_ms")  # everything else must be byte for byte the same
@@ -141,7 +153,7 @@ async def test_a_scan_uses_the_private_ways(fresh: object, servers: Servers) -> 
     assert odd["subject"]["rfc4514"] == f"{_LONG_OID.dotted_string}=odd,CN={'x' * 100}"
     assert odd["self_signed"] is True
     assert {name: status.way for name, status in hooks.STATUS.items()} == dict.fromkeys(
-        hooks.STATUS, "private")
+        hooks.STATUS, "private") | {"rustls_connection": "unchecked"}  # an OpenSSL scan
 
 
 def test_libcrypto_is_the_copy_python_ssl_module_uses(fresh: object) -> None:
@@ -253,7 +265,8 @@ async def test_a_fallback_gives_the_same_records(
     got = await servers.scan()
     assert got == expected
     ways = {name: status.way for name, status in hooks.STATUS.items()}
-    assert ways == dict(dict.fromkeys(hooks.STATUS, "private"), **fallbacks)
+    assert ways == dict(dict.fromkeys(hooks.STATUS, "private"), **fallbacks,
+                        rustls_connection="unchecked")  # OpenSSL scans
     assert all(hooks.STATUS[name].why for name in fallbacks)  # each says why
 
 
@@ -349,3 +362,88 @@ async def test_selfcheck_prints_every_hook() -> None:
     assert [line.split() for line in lines] == [[name, "private"] for name in hooks._FRESH]
     assert engine.startswith("engine auto ")
     assert keys == f"verdict keys     {openssl.bind().legacy_keys_why}"
+
+
+# -- rustls_connection: rtls's connection driven directly, or its TLSObject ------------------
+
+_needs_rustls = pytest.mark.skipif(rustls_missing() is not None,
+                                   reason=f"the rustls engine: {rustls_missing()}")
+
+
+async def _rustls_records(servers: Servers) -> list[Record]:
+    """The servers' records through the rustls engine, and the ends a handshake can meet
+    before it finishes: bytes that are not TLS, an alert, a FIN, a reset."""
+    odd = [garbage, alert(40), fin_after_hello, rst_after_hello]
+    async with contextlib.AsyncExitStack() as stack:
+        raws = [await stack.enter_async_context(raw_server(b)) for b in odd]
+        labels = {raw.target: f"raw-{n}" for n, raw in enumerate(raws)}
+        records = [record async for record in scanner.scan(
+            [*servers.targets, *labels], timeout=2.0, engine="rustls",
+            ca_bundle=servers.bundle)]
+    for record in records:
+        for key in _VOLATILE:
+            record.pop(key)
+        if record["target"] in labels:  # a new address each time: named by its behaviour
+            record.update(target=labels[record["target"]], host=None, ip=None, port=None)
+    return sorted(records, key=lambda record: str(record["target"]))
+
+
+def _other_suite_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An rtls whose TLSObject names suites otherwise than the table this hook reads."""
+    monkeypatch.setattr(hooks._RustlsDirect, "cipher",
+                        lambda self: ("TLS13_AES_128_GCM_SHA256", "TLSv1.3", 128))
+
+
+def _no_names_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An rtls that keeps its names elsewhere (its private tables renamed)."""
+    monkeypatch.setattr(hooks, "_rtls_tables", _gone)
+
+
+def _eof_unseen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A direct way that waits for ever after a FIN, as rtls's TLSObject itself does."""
+    real = hooks._RustlsDirect.do_handshake
+
+    def do_handshake(self: Any) -> None:
+        try:
+            real(self)
+        except ssl.SSLEOFError:
+            raise ssl.SSLWantReadError("want read") from None
+
+    monkeypatch.setattr(hooks._RustlsDirect, "do_handshake", do_handshake)
+
+
+@_needs_rustls
+@pytest.mark.parametrize("breakage", [_other_suite_names, _no_names_table, _eof_unseen],
+                         ids=["suite names", "no names table", "eof unseen"])
+async def test_rustls_fallback_gives_the_same_records(
+    breakage: Callable[[pytest.MonkeyPatch], None], fresh: pytest.MonkeyPatch,
+    servers: Servers,
+) -> None:
+    expected = await _rustls_records(servers)
+    assert hooks.STATUS["rustls_connection"] == hooks.HookStatus("private")
+    assert [r["engine"] for r in expected] == ["rustls"] * len(expected)
+    assert [r["status"] for r in expected].count("ok") == 2
+    assert {r["error"]["type"] for r in expected if r["error"]} == {
+        "not_tls", "tls_alert", "closed", "reset"}
+    _forget()
+    breakage(fresh)
+    assert await _rustls_records(servers) == expected
+    assert hooks.STATUS["rustls_connection"].way == "public"
+    assert hooks.STATUS["rustls_connection"].why
+
+
+@_needs_rustls
+def test_rustls_direct_answers_as_rtls_does(fresh: object) -> None:
+    """Both ways, field by field, on the self-test server with ALPN: rtls's own names."""
+    assert hooks._rustls_direct()
+    server = hooks._self_test_server([])
+    server.set_alpn_protocols(["h2"])
+    client = hooks._rustls_context_for_test(["h2", "http/1.1"])
+    direct = hooks._handshake(server, lambda i, o: hooks.rustls_wrap(client, i, o, "a.test"))
+    assert type(direct) is hooks._RustlsDirect
+    public = hooks._handshake(server, lambda i, o: hooks._public_rustls(client, i, o, "a.test"))
+    assert direct.version() == public.version() == "TLSv1.3"
+    assert direct.cipher() == public.cipher() == public.inner.cipher()
+    assert direct.selected_alpn_protocol() == public.selected_alpn_protocol() == "h2"
+    assert direct.chain() == public.chain() == tuple(
+        ssl.PEM_cert_to_DER_cert(pem) for pem in hooks._SELF_TEST_CHAIN)
