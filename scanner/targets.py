@@ -22,6 +22,7 @@ import concurrent.futures
 import functools
 import ipaddress
 import queue
+import socket
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
@@ -189,6 +190,18 @@ def split_host_port(text: str) -> tuple[str, str | None]:
 
 
 def _ip_literal(text: str) -> str | None:
+    """`text` as an IP address in ipaddress's canonical form, or None if it is not one."""
+    if ":" not in text:  # IPv4, if anything (every IPv6 address has a colon)
+        if not "0" <= text[:1] <= "9":  # ipaddress reads ASCII digits only
+            return None
+        try:
+            # Four decimal parts without leading zeros: the only form inet_pton takes,
+            # and already canonical. What it refuses, ipaddress judges.
+            socket.inet_pton(socket.AF_INET, text)
+        except (OSError, ValueError):  # ValueError: an embedded NUL
+            pass
+        else:
+            return text
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:

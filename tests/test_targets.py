@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import ipaddress
+import random
 from pathlib import Path
 
 import pytest
 
+from scanner import targets
 from scanner.targets import (
     MAX_BLOCK_ADDRESSES,
     BadLine,
@@ -212,3 +215,29 @@ def test_a_port_int_cannot_read_is_a_bad_line_not_a_crash() -> None:
     (bad,) = parse_lines(["example.org:\u00b2"], ports=(443,))
     assert isinstance(bad, BadLine) and "invalid port" in bad.reason
     assert parse_port("443") == 443
+
+
+def _ipaddress_literal(text: str) -> str | None:
+    """What `_ip_literal` must answer: ipaddress's canonical form, or None."""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def test_ip_literals_are_read_as_ipaddress_reads_them() -> None:
+    """The inet_pton fast path for IPv4 answers exactly as ipaddress does, on the forms a
+    list holds and on near misses: leading zeros, short and long forms, octets past 255,
+    non-ASCII digits, a NUL, signs, spaces, IPv6 and its IPv4-mapped form."""
+    rng = random.Random(1729)
+    alphabet = "0123456789.:abcdefx%/ +-\x00\u0661"
+    samples = ["127.0.0.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3",
+               "1.2.3.4.5", "1.2.3.04", "1.2.3.4 ", " 1.2.3.4", "1.2.3.4\x00", "\u0661.2.3.4",
+               "+1.2.3.4", "1..2.3", "0x7f.0.0.1", "::1", "::ffff:1.2.3.4", "fe80::1%lo",
+               "1.2.3.4%lo", "", ".", "1", "example.com", "1e3.0.0.1", "127.1"]
+    samples += [".".join(str(rng.randrange(300)).zfill(rng.choice((1, 1, 1, 2, 3)))
+                         for _ in range(rng.choice((3, 4, 4, 4, 5)))) for _ in range(20000)]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 16)))
+                for _ in range(20000)]
+    for text in samples:
+        assert targets._ip_literal(text) == _ipaddress_literal(text), repr(text)
