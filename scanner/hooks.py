@@ -508,15 +508,17 @@ class RustlsTls:
 class _RustlsDirect:
     """The private way: rtls's ``RustlsClientConnection`` (made by the builder its context
     keeps, ``TLSContext._get_builder()``) driven as rtls's own ``TLSObject`` drives it for a
-    handshake, without that object's Python frames and its BIO copying: ~1% of a
-    handshake's instructions (two Python frames and an exception fewer per step)."""
+    handshake, without that object's Python frames and its BIO copying (~20 us of client
+    CPU per handshake, of ~150). Bytes rustls cannot take yet are kept here, not written
+    back to a BIO that may have seen its end of file."""
 
-    __slots__ = ("_conn", "_incoming", "_outgoing")
+    __slots__ = ("_conn", "_incoming", "_outgoing", "_unread")
 
     def __init__(self, conn: Any, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> None:
         self._conn = conn
         self._incoming = incoming
         self._outgoing = outgoing
+        self._unread = b""  # bytes rustls could not take yet (its buffer full)
         self._flush()  # the ClientHello
 
     def _flush(self) -> None:
@@ -531,21 +533,23 @@ class _RustlsDirect:
         conn = self._conn
         if not conn.is_handshaking():
             return
-        data = self._incoming.read()
-        while data:  # read_tls takes what it can: a record at a time
-            try:
-                taken = conn.read_tls(data)
-            except ssl.SSLError as exc:
-                if "buffer full" not in str(exc):
-                    raise
-                taken = 0
-            if not taken:  # full: the rest waits in the BIO for the next step
-                self._incoming.write(data)
-                break
-            data = data[taken:]
+        data = self._unread + self._incoming.read()
         try:
-            conn.process_new_packets()
+            # read_tls takes at most 4 KiB a call, and refuses more ("buffer full") until
+            # the records it holds are processed: so, chunk by chunk, each processed at once.
+            while data and conn.is_handshaking():
+                try:
+                    taken = conn.read_tls(data)
+                except ssl.SSLError as exc:
+                    if "buffer full" not in str(exc):
+                        raise
+                    taken = 0
+                data = data[taken:]
+                conn.process_new_packets()
+                if not taken:  # no room even after processing: the rest waits
+                    break
         finally:
+            self._unread = data
             self._flush()  # an alert rustls sends, or our next flight
         if conn.is_handshaking():
             if self._incoming.eof:

@@ -447,3 +447,24 @@ def test_rustls_direct_answers_as_rtls_does(fresh: object) -> None:
     assert direct.selected_alpn_protocol() == public.selected_alpn_protocol() == "h2"
     assert direct.chain() == public.chain() == tuple(
         ssl.PEM_cert_to_DER_cert(pem) for pem in hooks._SELF_TEST_CHAIN)
+
+
+@_needs_rustls
+@pytest.mark.parametrize("wrap", ["rustls_wrap", "_public_rustls"])
+def test_a_server_flight_larger_than_rustls_takes_at_once(
+        fresh: object, ca: trustme.CA, tmp_path: Path, wrap: str) -> None:
+    """A leaf of 1500 names under an intermediate (~30 KB in one flight, given to the
+    client at once): rustls takes 4 KiB a call, and refuses more until it has processed
+    them."""
+    leaf = ca.create_child_ca().issue_cert(*(f"h{n}.big.test" for n in range(1500)))
+    pem = tmp_path / "big.pem"
+    pem.write_bytes(b"".join(blob.bytes() for blob in (leaf.private_key_pem,
+                                                          *leaf.cert_chain_pems)))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(pem)
+    client = hooks._rustls_context_for_test([])
+    tls = hooks._handshake(server, lambda i, o: getattr(hooks, wrap)(client, i, o, "big.test"))
+    expected = tuple(ssl.PEM_cert_to_DER_cert(blob.bytes().decode())
+                     for blob in leaf.cert_chain_pems)
+    assert sum(map(len, expected)) > 16 << 10
+    assert tls.chain() == expected
