@@ -70,7 +70,7 @@ from cryptography.hazmat.primitives.asymmetric import (  # noqa: E402
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from scanner import hooks  # noqa: E402
-from scanner.tls import capture_context  # noqa: E402
+from scanner.tls import capture_context, rustls_context  # noqa: E402
 
 try:
     import rtls
@@ -519,6 +519,22 @@ def rtls_engine(alpn: tuple[str, ...], *, stdlib_bios: bool = False) -> Engine:
     return Engine(label, connect, "rtls.SSLContext.wrap_bio, get_unverified_chain")
 
 
+def rtls_certscan_engine(alpn: tuple[str, ...]) -> Engine:
+    """The rustls engine as certscan drives it: hooks.rustls_wrap (rtls's connection
+    object without its TLSObject, where the hook's self-test passes)."""
+    ctx = rustls_context(alpn)
+
+    def connect(name: str) -> Conn:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = hooks.rustls_wrap(ctx, incoming, outgoing, name)
+        return Conn(incoming.write, incoming.write_eof, outgoing.read,
+                    _ssl_step(tls, ssl.SSLWantReadError), _ssl_facts(tls),
+                    lambda: list(tls.chain()), tls)
+
+    return Engine("rtls certscan", connect,
+                  f"hooks.rustls_wrap ({hooks.STATUS['rustls_connection']})")
+
+
 def pyopenssl_context(alpn: tuple[str, ...]) -> Any:
     assert OSSL is not None
     ctx = OSSL.Context(OSSL.TLS_CLIENT_METHOD)
@@ -581,7 +597,8 @@ def pyopenssl_engine(alpn: tuple[str, ...]) -> Engine:
 def engines(alpn: tuple[str, ...] = ()) -> list[Engine]:
     found = [stdlib_engine(alpn), hooks_engine(alpn)]
     if rtls is not None:
-        found += [rtls_engine(alpn), rtls_engine(alpn, stdlib_bios=True)]
+        found += [rtls_engine(alpn), rtls_engine(alpn, stdlib_bios=True),
+                  rtls_certscan_engine(alpn)]
     if OSSL is not None:
         found.append(pyopenssl_engine(alpn))
     return found
@@ -759,7 +776,33 @@ def run_speed(handshakes: int, runs: int, calls: int) -> None:
             print(f"{engine.name:<20}{spread(s.hello):>22}{spread(s.engine):>22}"
                   f"{spread(s.chain):>22}{spread(s.total):>22}")
         print()
+        if rtls is not None:
+            rustls_hellos(runs, calls)
         verdicts(directory, expected, runs, calls)
+
+
+def rustls_hellos(runs: int, calls: int) -> None:
+    """What rustls's ClientHello costs alone: TLS 1.3's, with its two key shares
+    (X25519MLKEM768 and X25519, keys generated for each connection), against a TLS 1.2-only
+    hello, which carries none: the difference is the key generation."""
+    rows = []
+    for label, maximum in (("TLS 1.3: X25519MLKEM768 + X25519 shares", None),
+                           ("TLS 1.2 only: no key share", ssl.TLSVersion.TLSv1_2)):
+        ctx = rustls_context(())
+        if maximum is not None:
+            ctx.maximum_version = maximum
+        times = []
+        for _ in range(runs):
+            t0 = time.process_time_ns()
+            for _ in range(calls):
+                hooks.rustls_wrap(ctx, ssl.MemoryBIO(), ssl.MemoryBIO(), NAME)
+            times.append((time.process_time_ns() - t0) / calls / 1e3)
+        rows.append((label, times))
+    print(f"rustls's ClientHello alone (hooks.rustls_wrap), us per hello: median [min-max] "
+          f"of {runs} runs x {calls}")
+    for label, times in rows:
+        print(f"{label:<45}{spread(times):>22}")
+    print()
 
 
 def spread(values: list[float]) -> str:
