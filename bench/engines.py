@@ -21,7 +21,9 @@ verify. Columns, in microseconds of this process's CPU per handshake (median of 
 [min-max]): "engine" is the TLS object's own work (wrap_bio, every do_handshake, version,
 cipher, ALPN), "of which hello" its part up to the ClientHello (wrap_bio and the first
 do_handshake); "chain" is getting the chain as DER; "total" also counts the socket calls and
-the loop. Runs are interleaved across engines. Then verdicts of the same 2-certificate chain,
+the loop. Runs are interleaved across engines. Then rustls's ClientHello alone, as TLS 1.3
+makes it (two key shares, generated per connection) and as a TLS 1.2-only client does (no
+key share). Then verdicts of the same 2-certificate chain,
 per call: certscan's verify_chain given DER, given the handshake's own _ssl.Certificate
 objects and given both (the leaf as DER), pyOpenSSL's X509StoreContext and cryptography's
 x509.verification.
