@@ -1,10 +1,11 @@
-"""Every private interpreter, OpenSSL and cryptography internal certscan uses, in one place.
+"""Every private interpreter, OpenSSL, cryptography and rtls internal certscan uses, in one
+place.
 
 Each hook is three things: the fast private way; a self-test that checks, on a real object,
 that the private way gives exactly what the public way gives; and the public fallback, used
-when the self-test fails or the private attribute is missing. So a new Python, OpenSSL or
-cryptography makes certscan slower, never wrong and never a crash. What cannot work at all is
-refused with one clear message (`UnsupportedPlatform`), never guessed at.
+when the self-test fails or the private attribute is missing. So a new Python, OpenSSL,
+cryptography or rtls makes certscan slower, never wrong and never a crash. What cannot work
+at all is refused with one clear message (`UnsupportedPlatform`), never guessed at.
 
 | hook             | private way                                | public fallback              |
 | ---------------- | ------------------------------------------ | ---------------------------- |
@@ -40,9 +41,10 @@ When each self-test runs (times measured on CPython 3.11.7, OpenSSL 3.0.19):
 
 `STATUS` says how each hook is served in this process so far; `python -m scanner.selfcheck`
 runs every self-test and prints it. Checked, every private way passing, with cryptography
-51.0.1: CPython 3.11.7 with OpenSSL 3.0.19 (pyenv) and CPython 3.13.5 with OpenSSL 3.5
-(Debian 13), where the public chain of 3.13 was also checked as the fallback. 3.12 was not
-run: its ssl.py calls `_wrap_bio` as 3.11's and 3.13's do; the self-tests decide there.
+51.0.1 and rtls 2026.9.21: CPython 3.11.7 with OpenSSL 3.0.19 (pyenv) and CPython 3.13.5
+with OpenSSL 3.5 (Debian 13), where the public chain of 3.13 was also checked as the
+fallback. 3.12 was not run: its ssl.py calls `_wrap_bio` as 3.11's and 3.13's do; the
+self-tests decide there.
 """
 
 from __future__ import annotations

@@ -424,8 +424,8 @@ def _settle(share: ScanConfig) -> None:
     engine that may use rustls, rtls with its check (engines.rustls_missing, cached: it
     makes a ClientHello, which seeds aws-lc's generator and runs hooks' rustls self-test).
     Each worker would otherwise spend ~50 ms of CPU on them again (it still reseeds aws-lc's
-    generator after the fork, ~14 ms). An ImportError of --loop
-    uvloop is left to be reported where it was: by the parent's run_with_loop."""
+    generator after the fork, ~14 ms). An ImportError of --loop uvloop is left to be
+    reported where it was: by the parent's run_with_loop."""
     with contextlib.suppress(ImportError):
         loop_factory(share.loop)
     if share.engine != "openssl":
