@@ -453,7 +453,7 @@ def test_rustls_direct_answers_as_rtls_does(fresh: object) -> None:
 @pytest.mark.parametrize("wrap", ["rustls_wrap", "_public_rustls"])
 def test_a_server_flight_larger_than_rustls_takes_at_once(
         fresh: object, ca: trustme.CA, tmp_path: Path, wrap: str) -> None:
-    """A leaf of 1500 names under an intermediate (~30 KB in one flight, given to the
+    """A leaf of 1500 names under an intermediate (~24 KB in one flight, given to the
     client at once): rustls takes 4 KiB a call, and refuses more until it has processed
     them."""
     leaf = ca.create_child_ca().issue_cert(*(f"h{n}.big.test" for n in range(1500)))
