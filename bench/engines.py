@@ -474,15 +474,22 @@ def stdlib_engine(alpn: tuple[str, ...]) -> Engine:
     return Engine("ssl SSLObject", connect, "stdlib, public wrap_bio")
 
 
+def _certscan_conn(wrap: Callable[..., Any], ctx: Any, name: str,
+                   chain: Callable[[Any], list[bytes]]) -> Conn:
+    """A Conn over a TLS object one of certscan's hooks makes on memory BIOs."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = wrap(ctx, incoming, outgoing, name)
+    return Conn(incoming.write, incoming.write_eof, outgoing.read,
+                _ssl_step(tls, ssl.SSLWantReadError), _ssl_facts(tls),
+                lambda: chain(tls), tls)
+
+
 def hooks_engine(alpn: tuple[str, ...]) -> Engine:
     ctx = capture_context(alpn)
 
     def connect(name: str) -> Conn:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = hooks.wrap_bio(ctx, incoming, outgoing, name)
-        return Conn(incoming.write, incoming.write_eof, outgoing.read,
-                    _ssl_step(tls, ssl.SSLWantReadError), _ssl_facts(tls),
-                    lambda: list(hooks.unverified_chain(tls)[0]), tls)
+        return _certscan_conn(hooks.wrap_bio, ctx, name,
+                              lambda tls: list(hooks.unverified_chain(tls)[0]))
 
     return Engine("ssl certscan", connect, "hooks.wrap_bio + hooks.unverified_chain (today)")
 
@@ -527,11 +534,7 @@ def rtls_certscan_engine(alpn: tuple[str, ...]) -> Engine:
     ctx = rustls_context(alpn)
 
     def connect(name: str) -> Conn:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = hooks.rustls_wrap(ctx, incoming, outgoing, name)
-        return Conn(incoming.write, incoming.write_eof, outgoing.read,
-                    _ssl_step(tls, ssl.SSLWantReadError), _ssl_facts(tls),
-                    lambda: list(tls.chain()), tls)
+        return _certscan_conn(hooks.rustls_wrap, ctx, name, lambda tls: list(tls.chain()))
 
     return Engine("rtls certscan", connect,
                   f"hooks.rustls_wrap ({hooks.STATUS['rustls_connection']})")
