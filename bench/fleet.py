@@ -77,6 +77,8 @@ class Kind:
 # OpenSSL 3.0 speaks TLS 1.0/1.1 only at security level 0; nginx refuses to load a
 # SHA-1-signed certificate at level 1 or more ("ca md too weak") and a 1024-bit key at level
 # 2 or more ("ee key too small"; Debian's default level is 2).
+# (d) and (e): what a modern server speaks, at the level that lets nginx load their leaves.
+_MODERN_AT_LEVEL_0 = ("ssl_protocols TLSv1.2 TLSv1.3", "ssl_ciphers 'ECDHE+AESGCM:@SECLEVEL=0'")
 LEGACY_KINDS = (
     Kind("tls1.0", "(a) TLS 1.0 only", 2048, False,
          ("ssl_protocols TLSv1",
@@ -89,12 +91,8 @@ LEGACY_KINDS = (
          ("ssl_protocols TLSv1.2",
           "ssl_ciphers 'AES128-SHA:AES256-SHA:AES128-GCM-SHA256:AES256-GCM-SHA384'"),
          rustls=False),
-    Kind("rsa-1024", "(d) RSA-1024 leaf", 1024, False,
-         ("ssl_protocols TLSv1.2 TLSv1.3", "ssl_ciphers 'ECDHE+AESGCM:@SECLEVEL=0'"),
-         rustls=True),
-    Kind("sha1", "(e) SHA-1-signed leaf", 2048, True,
-         ("ssl_protocols TLSv1.2 TLSv1.3", "ssl_ciphers 'ECDHE+AESGCM:@SECLEVEL=0'"),
-         rustls=True),
+    Kind("rsa-1024", "(d) RSA-1024 leaf", 1024, False, _MODERN_AT_LEVEL_0, rustls=True),
+    Kind("sha1", "(e) SHA-1-signed leaf", 2048, True, _MODERN_AT_LEVEL_0, rustls=True),
 )
 # Bump when LEGACY_KINDS or the legacy certificates change: the cache is then made again.
 LEGACY_LAYOUT = 1

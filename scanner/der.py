@@ -132,12 +132,7 @@ def _simple_name(der: bytes) -> Name:
     """read_name of a name in minimal DER, one attribute of a string type per RDN, plain OIDs
     (most names): a strict walk, and a quick one. Raises NotSimple (or IndexError) for others."""
     end = len(der)
-    if der[0] == 0x30 and der[1] == end - 2 < 0x80:  # short
-        pos = 2
-    else:
-        pos, stop = _element(der, 0, end, 0x30)
-        if stop != end:
-            raise NotSimple
+    pos = _whole(der, 0, 0x30)
     texts, sets, cn = [], [], None
     while pos < end:
         rdn_end = pos + 2 + der[pos + 1]
@@ -472,6 +467,18 @@ def _public_key_info(der: bytes, pos: int, end: int) -> tuple[str, bytes, int]:
     return _KEY_ALGORITHMS[algorithm], der[key:key_end], spki_end
 
 
+def _whole(der: bytes, pos: int, tag: int) -> int:
+    """Where the contents of the element at pos start; it must be a `tag`, in minimal DER,
+    and run to the end of `der`."""
+    end = len(der)
+    if der[pos] == tag and der[pos + 1] == end - pos - 2 < 0x80:  # short, as most
+        return pos + 2
+    start, stop = _element(der, pos, end, tag)
+    if stop != end:
+        raise NotSimple
+    return start
+
+
 def _element(der: bytes, pos: int, end: int, tag: int) -> tuple[int, int]:
     """Where the contents of the element at pos start and end; it must be a `tag`, in
     minimal DER, and end within `end`."""
@@ -578,24 +585,14 @@ def _extension(element: bytes) -> tuple[bytes, bytes]:
     """The extnID element and the extnValue contents of a whole Extension element, which
     must be a SEQUENCE of a plain OID, no `critical` or TRUE, and an OCTET STRING."""
     end = len(element)
-    if element[0] == 0x30 and element[1] == end - 2 < 0x80:  # short, as most
-        pos = 2
-    else:
-        pos, stop = _element(element, 0, end, 0x30)
-        if stop != end:
-            raise NotSimple
+    pos = _whole(element, 0, 0x30)
     value = pos + 2 + element[pos + 1]  # a plain OID is short, so this is past it
     oid = element[pos:value]
     if element[value] == 0x01:  # critical: only TRUE may be written
         if not element.startswith(b"\x01\x01\xff", value):
             raise NotSimple
         value += 3
-    if element[value] == 0x04 and element[value + 1] == end - value - 2 < 0x80:  # most
-        start = value + 2
-    else:
-        start, stop = _element(element, value, end, 0x04)
-        if stop != end:
-            raise NotSimple
+    start = _whole(element, value, 0x04)
     if _plain_type(oid) is None:
         raise NotSimple
     return oid, element[start:end]
@@ -611,12 +608,7 @@ def subject_alt_names(value: bytes) -> dict[str, list[str]]:
     addresses; any other name (all of which cryptography turns into objects we skip, or
     refuses) makes it NotSimple."""
     end = len(value)
-    if value[0] == 0x30 and value[1] == end - 2 < 0x80:  # short, as most
-        start = 2
-    else:
-        start, stop = _element(value, 0, end, 0x30)
-        if stop != end:
-            raise NotSimple
+    start = _whole(value, 0, 0x30)
     if start == end:
         raise NotSimple
     dns: list[str] = []
