@@ -230,16 +230,20 @@ def _signed_again_with_sha1(cert: x509.Certificate, ca_key: rsa.RSAPrivateKey) -
     return signed
 
 
+def _cache_meta(path: Path, now: dt.datetime) -> tuple[dict[str, object], bool]:
+    """A cached fleet's meta.json ({} when there is none), and whether its certificates are
+    still far from expiry."""
+    meta: dict[str, object] = json.loads(path.read_text()) if path.exists() else {}
+    created = dt.datetime.fromisoformat(str(meta.get("created", "1970-01-01T00:00:00+00:00")))
+    return meta, now - created < VALIDITY - RENEW_BEFORE
+
+
 def build_fleet(count: int) -> Fleet:
     """CA + `count` leaves, reusing the cache when it is complete and far from expiry."""
     leaves = FLEET_DIR / "leaves"
     meta_path = FLEET_DIR / "meta.json"
     now = dt.datetime.now(dt.UTC)
-    meta: dict[str, object] = {}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-    created = dt.datetime.fromisoformat(str(meta.get("created", "1970-01-01T00:00:00+00:00")))
-    fresh = now - created < VALIDITY - RENEW_BEFORE
+    meta, fresh = _cache_meta(meta_path, now)
     ca_pem, ca_key_pem = FLEET_DIR / "ca.pem", FLEET_DIR / "ca.key"
     if not (fresh and ca_pem.exists() and ca_key_pem.exists()):
         shutil.rmtree(FLEET_DIR, ignore_errors=True)
@@ -273,11 +277,8 @@ def build_legacy_fleet(count: int) -> Fleet:
     leaves, keys = LEGACY_DIR / "leaves", LEGACY_DIR / "keys"
     meta_path = LEGACY_DIR / "meta.json"
     now = dt.datetime.now(dt.UTC)
-    meta: dict[str, object] = {}
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-    created = dt.datetime.fromisoformat(str(meta.get("created", "1970-01-01T00:00:00+00:00")))
-    fresh = now - created < VALIDITY - RENEW_BEFORE and meta.get("layout") == LEGACY_LAYOUT
+    meta, fresh = _cache_meta(meta_path, now)
+    fresh = fresh and meta.get("layout") == LEGACY_LAYOUT
     ca_pem, ca_key_pem = LEGACY_DIR / "ca.pem", LEGACY_DIR / "ca.key"
     kind_keys: dict[str, rsa.RSAPrivateKey] = {}
     if not (fresh and ca_pem.exists() and ca_key_pem.exists()):
